@@ -1,0 +1,95 @@
+"""TFRecord examples (tensorflow/models feature keys) and the tf.data input pipeline that
+train, fine_tune and evaluate share."""
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import tensorflow as tf
+
+from components import configs
+
+_FEATURES = {
+    configs.KEY_ENCODED: tf.io.FixedLenFeature([], tf.string),
+    configs.KEY_LABEL: tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def make_example(encoded_jpeg: bytes, label: int, label_text: str, filename: str,
+                 sha256: str, image_size: int) -> tf.train.Example:
+    return tf.train.Example(features=tf.train.Features(feature={
+        configs.KEY_ENCODED: _bytes(encoded_jpeg),
+        configs.KEY_FORMAT: _bytes(b"jpeg"),
+        configs.KEY_LABEL: _int(label),
+        configs.KEY_LABEL_TEXT: _bytes(label_text.encode()),
+        configs.KEY_FILENAME: _bytes(filename.encode()),
+        configs.KEY_SHA256: _bytes(sha256.encode()),
+        configs.KEY_HEIGHT: _int(image_size),
+        configs.KEY_WIDTH: _int(image_size),
+    }))
+
+
+def write_shard(path: Path, examples: Iterable[tf.train.Example]) -> None:
+    """Writes under a temporary name and renames, so a killed run leaves no finished-looking
+    half shard."""
+    partial = path.with_name(path.name + ".partial")
+    with tf.io.TFRecordWriter(str(partial)) as writer:
+        for example in examples:
+            writer.write(example.SerializeToString())
+    partial.replace(path)
+
+
+def read_metadata(dataset_dir: str | Path) -> dict:
+    return json.loads((Path(dataset_dir) / configs.METADATA_FILE).read_text())
+
+
+def shard_files(dataset_dir: str | Path, split: str) -> list[str]:
+    return [str(Path(dataset_dir) / name) for name in read_metadata(dataset_dir)["shards"][split]]
+
+
+def decode_example(serialized: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    image = tf.io.decode_jpeg(parsed[configs.KEY_ENCODED], channels=3)
+    return tf.ensure_shape(image, [image_size, image_size, 3]), parsed[configs.KEY_LABEL]
+
+
+def load_split(dataset_dir: str | Path, split: str, batch_size: int, *, training: bool,
+               cache_budget_mb: int = configs.CACHE_BUDGET_MB, seed: int | None = None,
+               binary: bool = False) -> tf.data.Dataset:
+    """Batches of (float32 image in [0, 255], label). Shards are read in parallel; decoded
+    images are cached in memory when the split fits the budget; training data is shuffled."""
+    metadata = read_metadata(dataset_dir)
+    image_size = metadata["image_size"]
+    files = shard_files(dataset_dir, split)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        dataset = dataset.shuffle(len(files), seed=seed)
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    dataset = dataset.map(lambda s: decode_example(s, image_size),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    decoded_mb = metadata["num_examples"][split] * image_size * image_size * 3 / 2**20
+    if decoded_mb <= cache_budget_mb:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(min(metadata["num_examples"][split], 10_000), seed=seed,
+                                  reshuffle_each_iteration=True)
+
+    def to_model_inputs(image, label):
+        label = tf.cast(label, tf.float32)[:, None] if binary else label
+        return tf.cast(image, tf.float32), label
+
+    batches = math.ceil(metadata["num_examples"][split] / batch_size)
+    return (dataset.batch(batch_size)
+            .map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+            # A known length lets Keras show progress and end epochs without a warning.
+            .apply(tf.data.experimental.assert_cardinality(batches))
+            .prefetch(tf.data.AUTOTUNE))

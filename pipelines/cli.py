@@ -1,0 +1,225 @@
+"""`tlp`: run the pipeline locally, compile it, submit it to a cluster, predict with a model.
+
+Every pipeline parameter is a flag (--image-size 96) and a config file key (image_size: 96);
+flags win over the config file, which wins over the defaults in components/configs.py.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+# Quiet TensorFlow's C++ start-up chatter here and in the steps kfp.local starts.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from components import configs  # noqa: E402
+from components.errors import TlpError  # noqa: E402
+
+# KFP parameter types -> Python types for argparse.
+_TYPES = {"String": str, "Integer": int, "Double": float, "Float": float,
+          "Boolean": lambda s: s.lower() in ("1", "true", "yes")}
+
+
+def _pipeline_inputs() -> dict:
+    from pipelines.pipeline import create_pipeline
+
+    return create_pipeline().component_spec.inputs
+
+
+def _add_parameter_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pipeline parameters (defaults in brackets)")
+    group.add_argument("--config", type=Path,
+                       help="YAML or JSON file of parameter: value pairs; flags override it")
+    for name, spec in _pipeline_inputs().items():
+        default = "required" if spec.default is None else spec.default
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=_TYPES[spec.type],
+                           default=argparse.SUPPRESS,
+                           help=f"{spec.description} [{default}]")
+
+
+def _read_config(path: Path, inputs: dict) -> dict:
+    if not path.is_file():
+        raise TlpError(f"config file {path} does not exist.")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise TlpError(f"config file {path} is not valid YAML/JSON: {error}") from error
+    if not isinstance(values, dict):
+        raise TlpError(f"config file {path} must hold a mapping of parameter: value.")
+    result = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in inputs:
+            raise TlpError(f"config file {path}: unknown parameter {key!r}; known: "
+                           f"{', '.join(inputs)}.")
+        try:
+            result[name] = _TYPES[inputs[name].type](value)
+        except (TypeError, ValueError) as error:
+            raise TlpError(f"config file {path}: {key}={value!r} is not a valid "
+                           f"{inputs[name].type}.") from error
+    return result
+
+
+def _explicit_arguments(args: argparse.Namespace, inputs: dict) -> dict:
+    """The parameters set by the config file or by flags (flags win)."""
+    arguments = _read_config(args.config, inputs) if args.config else {}
+    arguments.update({name: getattr(args, name) for name in inputs if hasattr(args, name)})
+    return arguments
+
+
+def pipeline_arguments(args: argparse.Namespace, local: bool) -> dict:
+    """Defaults < config file < flags; every parameter, validated."""
+    from components.validation import validate_parameters
+
+    inputs = _pipeline_inputs()
+    arguments = {name: spec.default for name, spec in inputs.items()}
+    if local:
+        arguments["data_dir"] = str(configs.SAMPLE_DATA_DIR)
+    if getattr(args, "demo", False):
+        from components.demo_weights import ensure_demo_weights
+
+        arguments["weights"] = str(ensure_demo_weights())
+    arguments.update(_explicit_arguments(args, inputs))
+    validate_parameters(arguments, local=local)
+    return arguments
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines import runner
+
+    if not args.local:
+        raise TlpError("tlp run needs --local (to run on a cluster, use tlp submit).")
+    arguments = pipeline_arguments(args, local=True)
+    print(f"Running the pipeline locally on {arguments['data_dir']} "
+          f"(backbone {arguments['backbone']}, weights {arguments['weights']})", flush=True)
+    started = time.monotonic()
+    result = runner.run_local(arguments, args.pipeline_root)
+    accuracy = result.evaluation["accuracy"]
+    print(f"\nPipeline finished in {time.monotonic() - started:.0f} s: {result.run_dir}")
+    print(f"  test accuracy: {accuracy:.4f} (test loss {result.evaluation['test_loss']:.4f})")
+    print(f"  report:        {result.report}")
+    if result.exported_model:
+        print(f"  model:         {result.exported_model}")
+        print(f"  try it:        tlp predict {result.exported_model} IMAGE...")
+    else:
+        print(f"  model:         not exported: test accuracy {accuracy:.4f} is below "
+              f"min_test_accuracy {arguments['min_test_accuracy']}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from kfp import compiler
+
+    from pipelines.pipeline import create_pipeline
+
+    from components.validation import validate_parameters
+
+    inputs = _pipeline_inputs()
+    overrides = _explicit_arguments(args, inputs)
+    validate_parameters({**{name: spec.default for name, spec in inputs.items()}, **overrides},
+                        local=False, require_data_dir=False)
+    # The values set by flags or config become the compiled pipeline's defaults.
+    compiler.Compiler().compile(create_pipeline(args.gpu_count, args.gpu_resource),
+                                str(args.output), pipeline_parameters=overrides or None)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines import runner
+
+    arguments = pipeline_arguments(args, local=False)
+    url, state = runner.submit(arguments, args.host, args.experiment, args.run_name,
+                               args.namespace, args.pipeline_root, args.gpu_count,
+                               args.gpu_resource, args.wait, args.timeout)
+    print(f"run: {url}")
+    if state is not None:
+        print(f"final state: {state}")
+        return 0 if state == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from components.predict import predict_files
+
+    for path, top in zip(args.images, predict_files(args.model, args.images, args.top_k)):
+        print(f"{path}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
+    return 0
+
+
+def cmd_demo_weights(args: argparse.Namespace) -> int:
+    from components.demo_weights import ensure_demo_weights
+
+    print(ensure_demo_weights(args.cache_dir))
+    return 0
+
+
+def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpu-count", type=int, default=configs.GPU_COUNT,
+                        help="GPUs requested by train and fine_tune (0: none) [%(default)s]")
+    parser.add_argument("--gpu-resource", default=configs.GPU_RESOURCE,
+                        help="Kubernetes resource name of the GPU [%(default)s]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline locally with kfp.local")
+    run.add_argument("--local", action="store_true", help="run every step as a local process")
+    run.add_argument("--pipeline-root", default=configs.DEFAULT_PIPELINE_ROOT,
+                     help="local folder for the run's artifacts [%(default)s]")
+    run.add_argument("--demo", action="store_true",
+                     help="use the offline demo weights (derived on first use, see "
+                          "`tlp demo-weights`); data defaults to the bundled sample anyway")
+    _add_parameter_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    comp = commands.add_parser("compile", help="compile the pipeline to a YAML file")
+    comp.add_argument("-o", "--output", type=Path, default=Path("pipeline.yaml"),
+                      help="output file [%(default)s]")
+    _add_cluster_flags(comp)
+    _add_parameter_flags(comp)
+    comp.set_defaults(func=cmd_compile)
+
+    sub = commands.add_parser("submit", help="compile and start a run on a Kubeflow cluster")
+    sub.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    sub.add_argument("--experiment", default="Default", help="experiment name [%(default)s]")
+    sub.add_argument("--run-name", help="run name [pipeline name and time]")
+    sub.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    sub.add_argument("--pipeline-root", help="artifact root, e.g. gs://bucket/root "
+                                             "[the namespace's kfp-launcher default]")
+    sub.add_argument("--wait", action="store_true", help="follow the run; exit 1 unless it succeeds")
+    sub.add_argument("--timeout", type=int, default=24 * 3600, help="--wait limit in s [%(default)s]")
+    _add_cluster_flags(sub)
+    _add_parameter_flags(sub)
+    sub.set_defaults(func=cmd_submit)
+
+    pred = commands.add_parser("predict", help="classify image files with an exported model")
+    pred.add_argument("model", help="the export step's folder (or a SavedModel folder)")
+    pred.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    pred.add_argument("--top-k", type=int, default=3, help="classes to show per image [%(default)s]")
+    pred.set_defaults(func=cmd_predict)
+
+    weights = commands.add_parser("demo-weights", help="derive the offline ImageNet "
+                                  "MobileNetV2 demo weights and print their path")
+    weights.add_argument("--cache-dir", type=Path, help="where to keep them [~/.cache/tlp, "
+                                                        "or $TLP_CACHE_DIR]")
+    weights.set_defaults(func=cmd_demo_weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TlpError as error:
+        print(f"tlp: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
