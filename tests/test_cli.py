@@ -1,0 +1,67 @@
+import pytest
+
+from components import configs
+from pipelines import cli
+from conftest import make_image
+
+
+def _arguments(argv):
+    return cli.pipeline_arguments(cli.build_parser().parse_args(argv), local=True)
+
+
+def test_defaults_config_file_and_flags_in_that_order(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("epochs: 3\nimage-size: 96\nbackbone: EfficientNetB0\n")
+    arguments = _arguments(["run", "--local", "--config", str(config), "--epochs", "7"])
+    assert arguments["epochs"] == 7  # The flag beats the file.
+    assert arguments["image_size"] == 96 and arguments["backbone"] == "EfficientNetB0"
+    assert arguments["batch_size"] == configs.BATCH_SIZE
+    assert arguments["data_dir"] == str(configs.SAMPLE_DATA_DIR)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backbone", "AlexNet"], "unknown backbone 'AlexNet'"),
+    (["--image-size", "8"], "image_size=8 is too small for MobileNetV2"),
+    (["--train-ratio", "0.5"], "split ratios sum to 0.7, not 1"),
+    (["--data-dir", "/no/such/folder"], "data folder /no/such/folder does not exist"),
+    (["--weights", "/no/such.weights.h5"], "weights file /no/such.weights.h5 does not exist"),
+    (["--epochs", "0"], "epochs=0 must be at least 1"),
+])
+def test_bad_input_stops_with_one_clear_message(capsys, tmp_path, argv, message):
+    assert cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"), *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("tlp: error: ") and message in error
+    assert not (tmp_path / "root").exists()
+
+
+def test_unknown_config_key_is_named(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epoch: 3\n")
+    assert cli.main(["run", "--local", "--config", str(config)]) == 2
+    assert "unknown parameter 'epoch'" in capsys.readouterr().err
+
+
+def test_compile_writes_yaml_with_flag_defaults(tmp_path):
+    import yaml
+
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), "--epochs", "4", "--gpu-count", "0"]) == 0
+    spec = yaml.safe_load(out.read_text())
+    assert spec["root"]["inputDefinitions"]["parameters"]["epochs"]["defaultValue"] == 4
+    assert "accelerator" not in str(spec["deploymentSpec"])
+
+
+def test_predict_prints_top_classes(capsys, local_run, tmp_path):
+    images = []
+    for name, colour in (("r.jpg", (200, 30, 30)), ("b.png", (30, 30, 200))):
+        make_image(colour, (64, 48), seed=1).save(tmp_path / name)
+        images.append(str(tmp_path / name))
+    assert cli.main(["predict", str(local_run.exported_model), *images, "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line, image in zip(lines, images):
+        assert line.startswith(f"{image}: ")
+        pairs = line.split(": ", 1)[1].split(", ")
+        assert len(pairs) == 2
+        probs = [float(p.rsplit(" ", 1)[1]) for p in pairs]
+        assert probs == sorted(probs, reverse=True) and 0 <= probs[1] <= probs[0] <= 1

@@ -1,0 +1,98 @@
+import keras
+import numpy as np
+import pytest
+
+from components import backbones, model as model_lib
+from components.errors import TlpError
+
+
+@pytest.mark.parametrize("num_classes, units, activation, loss", [
+    (2, 1, "sigmoid", keras.losses.BinaryCrossentropy),
+    (3, 3, "softmax", keras.losses.SparseCategoricalCrossentropy),
+    (10, 10, "softmax", keras.losses.SparseCategoricalCrossentropy),
+])
+def test_head_and_loss_follow_the_class_count(num_classes, units, activation, loss):
+    model = model_lib.build_model(num_classes, "MobileNetV2", 32, "none")
+    classifier = model.get_layer("classifier")
+    assert classifier.units == units
+    assert classifier.activation.__name__ == activation
+    model_lib.compile_model(model, num_classes, 1e-3)
+    assert isinstance(model.loss, loss)
+    probs = keras.ops.convert_to_numpy(model_lib.probabilities(
+        model(np.zeros((2, 32, 32, 3), "float32"))))
+    assert probs.shape == (2, max(num_classes, 2))
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_freeze_then_unfreeze_top_layers():
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none")
+    base = model_lib.backbone_of(model)
+    assert not any(layer.trainable for layer in base.layers)
+    assert len(model.trainable_weights) == 2  # The classifier's kernel and bias.
+
+    trainable = model_lib.unfreeze_top_layers(model, 20)
+    top = base.layers[-20:]
+    expected = [layer for layer in top if not isinstance(layer, keras.layers.BatchNormalization)]
+    assert trainable == len(expected) and 0 < trainable < 20
+    assert all(layer.trainable for layer in expected)
+    assert not any(layer.trainable for layer in base.layers[:-20])
+    assert model_lib.unfreeze_top_layers(model, 0) == 0
+    everything = model_lib.unfreeze_top_layers(model, 10_000)
+    assert everything == sum(not isinstance(layer, keras.layers.BatchNormalization)
+                             for layer in base.layers)
+
+
+def test_batchnorm_stays_in_inference_mode_after_unfreezing():
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none", dropout=0.0,
+                                  augmentation=model_lib.Augmentation(flip="none"))
+    model_lib.unfreeze_top_layers(model, 1000)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model(x, training=True), model(x, training=False), atol=1e-6)
+
+
+def test_augmentation_is_active_only_in_training():
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none", dropout=0.0,
+                                  augmentation=model_lib.Augmentation("horizontal", 0.2, 0.2,
+                                                                      0.2, 0.2))
+    augmentation = model.get_layer("augmentation")
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(augmentation(x, training=False), x)
+    assert not np.allclose(augmentation(x, training=True), x)
+
+
+@pytest.mark.parametrize("name", list(backbones.BACKBONES))
+def test_every_backbone_builds_with_its_preprocessing(name):
+    size = max(32, backbones.BACKBONES[name].min_image_size)
+    model = model_lib.build_model(4, name, size, "none")
+    assert model.get_layer("preprocessing").backbone == name
+    assert model(np.full((1, size, size, 3), 128, "float32")).shape == (1, 4)
+
+
+def test_preprocessing_matches_the_backbone():
+    layer = backbones.BackbonePreprocessing("MobileNetV2")
+    np.testing.assert_allclose(layer(np.array([[[[0.0, 127.5, 255.0]]]])), [[[[-1, 0, 1]]]])
+    caffe = backbones.BackbonePreprocessing("VGG16")(np.array([[[[255.0, 0.0, 0.0]]]]))
+    # Caffe mode: RGB -> BGR, then the ImageNet channel means are subtracted.
+    np.testing.assert_allclose(caffe, [[[[-103.939, -116.779, 255 - 123.68]]]], rtol=1e-5)
+
+
+def test_weights_file_is_loaded(tmp_path):
+    source = backbones.build_backbone("MobileNetV2", 32, "none")
+    path = tmp_path / "backbone.weights.h5"
+    source.save_weights(str(path))
+    loaded = backbones.build_backbone("MobileNetV2", 32, str(path))
+    for a, b in zip(source.weights, loaded.weights):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backbone": "ResNet9000"}, "unknown backbone 'ResNet9000'"),
+    ({"image_size": 16}, "image_size=16 is too small for MobileNetV2"),
+    ({"weights": "/no/such.weights.h5"}, "weights file /no/such.weights.h5 does not exist"),
+    ({"pooling": "max"}, "pooling='max'"),
+])
+def test_bad_model_options_have_clear_errors(kwargs, message):
+    options = {"num_classes": 3, "backbone": "MobileNetV2", "image_size": 32,
+               "weights": "none", **kwargs}
+    with pytest.raises(TlpError, match=message):
+        model_lib.build_model(**options)

@@ -1,0 +1,43 @@
+import numpy as np
+import tensorflow as tf
+
+from components import tfrecords
+
+
+def test_round_trip_keeps_images_labels_and_features(tmp_path, image_folder):
+    from components import preprocess
+
+    out = tmp_path / "ds"
+    preprocess.run(str(image_folder), str(out), str(tmp_path / "m.parquet"), 32, 0.6, 0.2, 0.2,
+                   seed=3)
+    records = list(tf.data.TFRecordDataset(tfrecords.shard_files(out, "test")))
+    assert len(records) == 6
+    example = tf.train.Example.FromString(records[0].numpy())
+    features = example.features.feature
+    assert features["image/format"].bytes_list.value == [b"jpeg"]
+    assert features["image/height"].int64_list.value == [32]
+    assert features["image/width"].int64_list.value == [32]
+    label = features["image/class/label"].int64_list.value[0]
+    assert features["image/class/text"].bytes_list.value[0].decode() == \
+        ["blue", "green", "red"][label]
+    assert features["image/filename"].bytes_list.value[0].endswith(b".png")
+    assert len(features["image/key/sha256"].bytes_list.value[0]) == 64
+
+    batches = list(tfrecords.load_split(out, "test", batch_size=4, training=False))
+    images = np.concatenate([b[0].numpy() for b in batches])
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    assert images.shape == (6, 32, 32, 3) and images.dtype == np.float32
+    assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    # Each image keeps its class colour: red images are mostly red, and so on.
+    for image, label in zip(images, labels):
+        assert image.mean(axis=(0, 1)).argmax() == {0: 2, 1: 1, 2: 0}[label]
+
+
+def test_binary_labels_are_float_columns(tiny_dataset):
+    import json
+
+    metadata = json.loads((tiny_dataset / "metadata.json").read_text())
+    assert metadata["num_classes"] == 3
+    _, labels = next(iter(tfrecords.load_split(tiny_dataset, "train", 4, training=True,
+                                               binary=True)))
+    assert labels.shape == (4, 1) and labels.dtype == tf.float32
