@@ -44,9 +44,8 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str, dr
     options = training.FitOptions(epochs, batch_size, early_stopping_patience,
                                   reduce_lr_patience, target_accuracy, cache_budget_mb, seed)
     model.path += ".keras"  # Keras picks the format by extension.
-    result = training.train(dataset.path, model.path, history.path, model.path + ".work",
-                            backbone, weights, pooling, dropout, augmentation, learning_rate,
-                            options)
+    result = training.train(dataset.path, model.path, history.path, backbone, weights, pooling,
+                            dropout, augmentation, learning_rate, options)
     model.metadata.update({"backbone": backbone, "epochs": result["epoch"][-1]})
 
 
@@ -64,8 +63,7 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
                                   reduce_lr_patience, target_accuracy, cache_budget_mb, seed)
     model.path += ".keras"
     training.fine_tune(dataset.path, trained_model.path, train_history.path, model.path,
-                       history.path, model.path + ".work", fine_tune_layers,
-                       fine_tune_learning_rate, options)
+                       history.path, fine_tune_layers, fine_tune_learning_rate, options)
 
 
 @cpu_component

@@ -1,5 +1,6 @@
 """Train (frozen backbone, new head) and fine-tune (top backbone layers unfrozen)."""
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def make_callbacks(checkpoint_path: Path, options: FitOptions,
     ]
 
 
-def fit(model: keras.Model, dataset_dir: str, work_dir: str, options: FitOptions,
+def fit(model: keras.Model, dataset_dir: str, options: FitOptions,
         initial_epoch: int = 0, best_val_loss: float | None = None) -> dict:
     """Fits on the train split, validating on the validation split, and ends with the
     weights of the epoch with the lowest val_loss. When best_val_loss is given (fine-tuning),
@@ -62,17 +63,17 @@ def fit(model: keras.Model, dataset_dir: str, work_dir: str, options: FitOptions
     validation = tfrecords.load_split(dataset_dir, "validation", options.batch_size,
                                       training=False, cache_budget_mb=options.cache_budget_mb,
                                       binary=binary)
-    checkpoint = Path(work_dir) / "best.weights.h5"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    if best_val_loss is not None:
-        model.optimizer.build(model.trainable_variables)  # So the checkpoint reloads cleanly.
-        model.save_weights(str(checkpoint))
-    history = model.fit(train, validation_data=validation, epochs=initial_epoch + options.epochs,
-                        initial_epoch=initial_epoch, verbose=2,
-                        shuffle=False,  # The dataset shuffles itself.
-                        callbacks=make_callbacks(checkpoint, options, best_val_loss))
-    if checkpoint.exists():
-        model.load_weights(str(checkpoint))
+    with tempfile.TemporaryDirectory() as work_dir:
+        checkpoint = Path(work_dir) / "best.weights.h5"
+        if best_val_loss is not None:
+            model.optimizer.build(model.trainable_variables)  # So it reloads cleanly.
+            model.save_weights(str(checkpoint))
+        history = model.fit(train, validation_data=validation,
+                            epochs=initial_epoch + options.epochs, initial_epoch=initial_epoch,
+                            verbose=2, shuffle=False,  # The dataset shuffles itself.
+                            callbacks=make_callbacks(checkpoint, options, best_val_loss))
+        if checkpoint.exists():
+            model.load_weights(str(checkpoint))
     record = {name: [float(v) for v in values] for name, values in history.history.items()}
     record["epoch"] = [initial_epoch + i + 1 for i in range(len(history.epoch))]
     return record
@@ -90,8 +91,8 @@ def load_history(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def train(dataset_dir: str, model_path: str, history_path: str, work_dir: str, backbone: str,
-          weights: str, pooling: str, dropout: float, augmentation: model_lib.Augmentation,
+def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, weights: str,
+          pooling: str, dropout: float, augmentation: model_lib.Augmentation,
           learning_rate: float, options: FitOptions) -> dict:
     """The train step: new head on the frozen pretrained backbone."""
     keras.utils.set_random_seed(options.seed)
@@ -100,14 +101,14 @@ def train(dataset_dir: str, model_path: str, history_path: str, work_dir: str, b
                                   weights, pooling, dropout, augmentation)
     model_lib.compile_model(model, metadata["num_classes"], learning_rate)
     model.summary(print_fn=lambda line, **_: print(line, flush=True))
-    history = fit(model, dataset_dir, work_dir, options)
+    history = fit(model, dataset_dir, options)
     model.save(model_path)
     save_history(history, history_path)
     return history
 
 
 def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
-              history_path: str, work_dir: str, num_layers: int, learning_rate: float,
+              history_path: str, num_layers: int, learning_rate: float,
               options: FitOptions) -> dict:
     """The fine_tune step: unfreeze the top backbone layers, recompile with a low learning
     rate and continue the epoch count of the train step."""
@@ -119,7 +120,7 @@ def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
           "layers trainable", flush=True)
     model_lib.compile_model(model, metadata["num_classes"], learning_rate)
     previous = load_history(history_in)
-    history = fit(model, dataset_dir, work_dir, options, initial_epoch=previous["epoch"][-1],
+    history = fit(model, dataset_dir, options, initial_epoch=previous["epoch"][-1],
                   best_val_loss=best_val_loss(previous))
     model.save(model_path)
     save_history(history, history_path)

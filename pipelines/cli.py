@@ -192,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
     sub.add_argument("--pipeline-root", help="artifact root, e.g. gs://bucket/root "
                                              "[the namespace's kfp-launcher default]")
-    sub.add_argument("--wait", action="store_true", help="follow the run; exit 1 unless it succeeds")
-    sub.add_argument("--timeout", type=int, default=24 * 3600, help="--wait limit in s [%(default)s]")
+    sub.add_argument("--wait", action="store_true",
+                     help="follow the run; exit 1 unless it succeeds")
+    sub.add_argument("--timeout", type=int, default=24 * 3600,
+                     help="how long --wait waits, in seconds [%(default)s]")
     _add_cluster_flags(sub)
     _add_parameter_flags(sub)
     sub.set_defaults(func=cmd_submit)
@@ -201,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred = commands.add_parser("predict", help="classify image files with an exported model")
     pred.add_argument("model", help="the export step's folder (or a SavedModel folder)")
     pred.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
-    pred.add_argument("--top-k", type=int, default=3, help="classes to show per image [%(default)s]")
+    pred.add_argument("--top-k", type=int, default=3,
+                      help="classes to show per image [%(default)s]")
     pred.set_defaults(func=cmd_predict)
 
     weights = commands.add_parser("demo-weights", help="derive the offline ImageNet "

@@ -1,12 +1,14 @@
 """Thin runners: the pipeline locally with kfp.local, or on a Kubeflow cluster."""
 import json
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from components import configs
+from components.errors import TlpError
 from pipelines.pipeline import create_pipeline
 
 
@@ -36,7 +38,11 @@ def run_local(arguments: dict, pipeline_root: str | Path) -> LocalRun:
     root.mkdir(parents=True, exist_ok=True)
     earlier = set(root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    create_pipeline(gpu_count=0)(**arguments)
+    try:
+        create_pipeline(gpu_count=0)(**arguments)
+    except RuntimeError as error:  # kfp.local's report of a failed task.
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+        raise TlpError(f"{message} Its log, with the cause, is above.") from error
     run_dir = max((p for p in set(root.iterdir()) - earlier
                    if p.name.startswith(configs.PIPELINE_NAME)), key=os.path.getmtime)
     evaluation = _single(run_dir, "**/evaluate/evaluation")

@@ -65,3 +65,14 @@ def test_predict_prints_top_classes(capsys, local_run, tmp_path):
         assert len(pairs) == 2
         probs = [float(p.rsplit(" ", 1)[1]) for p in pairs]
         assert probs == sorted(probs, reverse=True) and 0 <= probs[1] <= probs[0] <= 1
+
+
+def test_a_failing_step_names_itself(capsys, tmp_path, image_folder):
+    weights = tmp_path / "garbage.weights.h5"
+    weights.write_bytes(b"not an HDF5 file")
+    code = cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"),
+                     "--data-dir", str(image_folder), "--image-size", "32",
+                     "--weights", str(weights)])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "Inner task failed: 'train'" in error and "log, with the cause, is above" in error

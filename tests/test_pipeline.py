@@ -3,7 +3,6 @@ import json
 import math
 
 import pyarrow.parquet as pq
-import pytest
 import yaml
 from google.protobuf import json_format
 from kfp import compiler

@@ -22,15 +22,14 @@ def test_target_accuracy_callback_stops_training():
 def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset):
     options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
     train_history = training.train(
-        str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"),
-        str(tmp_path / "w1"), "MobileNetV2", "none", "avg", 0.2,
-        model_lib.Augmentation(), 1e-3, options)
+        str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"), "MobileNetV2",
+        "none", "avg", 0.2, model_lib.Augmentation(), 1e-3, options)
     assert train_history["epoch"] == [1, 2]
     assert json.loads((tmp_path / "h.json").read_text()) == train_history
     tuned = training.fine_tune(
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"),
-        str(tmp_path / "m2.keras"), str(tmp_path / "h2.json"), str(tmp_path / "w2"),
-        num_layers=10, learning_rate=1e-5, options=options)
+        str(tmp_path / "m2.keras"), str(tmp_path / "h2.json"), num_layers=10,
+        learning_rate=1e-5, options=options)
     assert tuned["epoch"] == [3, 4]
     assert set(tuned) >= {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"}
     model = keras.models.load_model(tmp_path / "m2.keras")
@@ -46,11 +45,10 @@ def test_fit_ends_with_the_best_validation_weights(tmp_path, tiny_dataset):
 
     validation = tfrecords.load_split(tiny_dataset, "validation", 8, training=False)
     before = model.evaluate(validation, verbose=0, return_dict=True)["loss"]
-    model_lib.compile_model(model, 3, learning_rate=50.0)
     model_lib.unfreeze_top_layers(model, 1000)
     model_lib.compile_model(model, 3, learning_rate=50.0)
-    history = training.fit(model, str(tiny_dataset), str(tmp_path),
-                           training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01),
-                           initial_epoch=1, best_val_loss=before)
+    options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
+    history = training.fit(model, str(tiny_dataset), options, initial_epoch=1,
+                           best_val_loss=before)
     after = model.evaluate(validation, verbose=0, return_dict=True)["loss"]
     assert after <= min([before] + history["val_loss"]) + 1e-4
