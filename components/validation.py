@@ -2,13 +2,21 @@
 clear message rather than deep inside a step."""
 from pathlib import Path
 
-from components import backbones, model as model_lib, preprocess
+from components import backbones, model as model_lib, preprocess, training
 from components.errors import TlpError
 
 
 def _at_least(params: dict, name: str, minimum: int) -> None:
     if params[name] < minimum:
         raise TlpError(f"{name}={params[name]} must be at least {minimum}.")
+
+
+def _validate_fine_tune_layers(params: dict) -> None:
+    """A layer name can only be checked against the backbone itself (built untrained)."""
+    spec = str(params["fine_tune_layers"])
+    if isinstance(model_lib.parse_unfreeze(spec), str):
+        base = backbones.build_backbone(params["backbone"], params["image_size"], "none")
+        model_lib.layers_to_unfreeze(base, spec)
 
 
 def validate_parameters(params: dict, local: bool, require_data_dir: bool = True) -> None:
@@ -18,17 +26,24 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     preprocess.validate_ratios(params["train_ratio"], params["validation_ratio"],
                                params["test_ratio"])
     for name, minimum in (("epochs", 1), ("fine_tune_epochs", 0), ("batch_size", 1),
-                          ("fine_tune_layers", 0), ("early_stopping_patience", 0),
-                          ("reduce_lr_patience", 0), ("cache_budget_mb", 0)):
+                          ("early_stopping_patience", 0), ("reduce_lr_patience", 0),
+                          ("cache_budget_mb", 0), ("warmup_epochs", 0)):
         _at_least(params, name, minimum)
-    if params["pooling"] not in model_lib.POOLING_MODES:
-        raise TlpError(f"pooling={params['pooling']!r}; choose one of "
-                       f"{', '.join(model_lib.POOLING_MODES)}.")
+    model_lib.Head(params["pooling"], model_lib.Head.parse_units(params["head_dense_units"]),
+                   params["head_batch_norm"], params["dropout"],
+                   params["weight_decay"]).validate()
     if params["augment_flip"] not in model_lib.FLIP_MODES:
         raise TlpError(f"augment_flip={params['augment_flip']!r}; choose one of "
                        f"{', '.join(model_lib.FLIP_MODES)}.")
-    if not 0 <= params["dropout"] < 1:
-        raise TlpError(f"dropout={params['dropout']} must be in [0, 1).")
+    if params["optimizer"] not in model_lib.OPTIMIZERS:
+        raise TlpError(f"optimizer={params['optimizer']!r}; choose one of "
+                       f"{', '.join(model_lib.OPTIMIZERS)}.")
+    if not 0 <= params["label_smoothing"] < 1:
+        raise TlpError(f"label_smoothing={params['label_smoothing']} must be in [0, 1).")
+    training.learning_rate_schedule(params["learning_rate"], params["lr_schedule"], 1,
+                                    params["epochs"], params["warmup_epochs"])
+    training.class_weights([1], params["class_weighting"])
+    _validate_fine_tune_layers(params)
     if require_data_dir and not params.get("data_dir"):
         raise TlpError("data_dir is required: a folder with one sub-folder of images per class.")
     weights = params["weights"]

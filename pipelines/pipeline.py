@@ -23,7 +23,10 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         seed: int = configs.SEED,
         batch_size: int = configs.BATCH_SIZE,
         pooling: str = configs.POOLING,
+        head_dense_units: str = configs.HEAD_DENSE_UNITS,
+        head_batch_norm: bool = configs.HEAD_BATCH_NORM,
         dropout: float = configs.DROPOUT,
+        weight_decay: float = configs.WEIGHT_DECAY,
         augment_flip: str = configs.AUGMENT_FLIP,
         augment_rotation: float = configs.AUGMENT_ROTATION,
         augment_zoom: float = configs.AUGMENT_ZOOM,
@@ -31,8 +34,13 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         augment_contrast: float = configs.AUGMENT_CONTRAST,
         epochs: int = configs.EPOCHS,
         learning_rate: float = configs.LEARNING_RATE,
+        optimizer: str = configs.OPTIMIZER,
+        lr_schedule: str = configs.LR_SCHEDULE,
+        warmup_epochs: int = configs.WARMUP_EPOCHS,
+        label_smoothing: float = configs.LABEL_SMOOTHING,
+        class_weighting: str = configs.CLASS_WEIGHTING,
         fine_tune_epochs: int = configs.FINE_TUNE_EPOCHS,
-        fine_tune_layers: int = configs.FINE_TUNE_LAYERS,
+        fine_tune_layers: str = configs.FINE_TUNE_LAYERS,
         fine_tune_learning_rate: float = configs.FINE_TUNE_LEARNING_RATE,
         early_stopping_patience: int = configs.EARLY_STOPPING_PATIENCE,
         reduce_lr_patience: int = configs.REDUCE_LR_PATIENCE,
@@ -53,24 +61,36 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
             seed: Seed for the split, shuffling and weight initialisation.
             batch_size: Images per training step.
             pooling: Head pooling: avg (global average) or flatten.
-            dropout: Dropout rate before the classifier layer.
+            head_dense_units: Hidden dense layers of the head, e.g. 256,128 (empty: none).
+            head_batch_norm: Batch normalization after the head's pooling.
+            dropout: Dropout rate after each hidden dense layer and before the classifier.
+            weight_decay: L2 factor on the head's dense kernels (0: none).
             augment_flip: Random flips: none, horizontal, vertical, horizontal_and_vertical.
             augment_rotation: Random rotation, as a fraction of a full turn.
             augment_zoom: Random zoom, as a fraction of the image size.
             augment_translation: Random shift, as a fraction of the image size.
             augment_contrast: Random contrast change factor.
             epochs: Maximum epochs training the head (frozen backbone).
-            learning_rate: Adam learning rate while training the head.
+            learning_rate: Learning rate while training the head.
+            optimizer: adam, adamw, rmsprop or sgd (momentum 0.9); for both phases.
+            lr_schedule: constant, step (/10 after 1/3 and 2/3 of the epochs) or cosine.
+            warmup_epochs: Epochs of linear learning-rate warm-up (constant or cosine).
+            label_smoothing: Label smoothing factor of the cross-entropy loss.
+            class_weighting: auto (balanced when classes are imbalanced), balanced or none.
             fine_tune_epochs: Maximum further epochs with the top backbone layers unfrozen.
-            fine_tune_layers: How many top backbone layers to unfreeze (BatchNorm stays frozen).
-            fine_tune_learning_rate: Adam learning rate while fine-tuning.
+            fine_tune_layers: Backbone layers to unfreeze: a count from the top, a fraction
+                (0.25: the top quarter) or a layer name and all above it. BatchNorm stays frozen.
+            fine_tune_learning_rate: Learning rate while fine-tuning.
             early_stopping_patience: Epochs without val_loss improvement before stopping.
             reduce_lr_patience: Epochs without val_loss improvement before dividing the LR by 5.
             target_accuracy: Stop a phase once val_accuracy reaches this.
             cache_budget_mb: Cache decoded images in memory when a split fits this many MB.
             min_test_accuracy: Export the model only if its test accuracy reaches this.
         """
-        fit_args = dict(batch_size=batch_size, early_stopping_patience=early_stopping_patience,
+        fit_args = dict(batch_size=batch_size, optimizer=optimizer, lr_schedule=lr_schedule,
+                        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                        class_weighting=class_weighting,
+                        early_stopping_patience=early_stopping_patience,
                         reduce_lr_patience=reduce_lr_patience, target_accuracy=target_accuracy,
                         cache_budget_mb=cache_budget_mb, seed=seed)
         prep = kfp_steps.preprocess(
@@ -79,7 +99,8 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         dataset = prep.outputs["dataset"]
         train = kfp_steps.train(
             dataset=dataset, backbone=backbone, weights=weights, pooling=pooling,
-            dropout=dropout, augment_flip=augment_flip, augment_rotation=augment_rotation,
+            head_dense_units=head_dense_units, head_batch_norm=head_batch_norm, dropout=dropout,
+            weight_decay=weight_decay, augment_flip=augment_flip, augment_rotation=augment_rotation,
             augment_zoom=augment_zoom, augment_translation=augment_translation,
             augment_contrast=augment_contrast, epochs=epochs, learning_rate=learning_rate,
             **fit_args)

@@ -26,6 +26,10 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     (["--data-dir", "/no/such/folder"], "data folder /no/such/folder does not exist"),
     (["--weights", "/no/such.weights.h5"], "weights file /no/such.weights.h5 does not exist"),
     (["--epochs", "0"], "epochs=0 must be at least 1"),
+    (["--optimizer", "adagrad"], "optimizer='adagrad'; choose one of adam, adamw"),
+    (["--fine-tune-layers", "block_99_add"], "'block_99_add' is neither a number nor a layer"),
+    (["--lr-schedule", "step", "--warmup-epochs", "2"], "warmup_epochs works with"),
+    (["--head-dense-units", "128,x"], "head_dense_units='128,x'"),
 ])
 def test_bad_input_stops_with_one_clear_message(capsys, tmp_path, argv, message):
     assert cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"), *argv]) == 2

@@ -43,7 +43,7 @@ def test_freeze_then_unfreeze_top_layers():
 
 
 def test_batchnorm_stays_in_inference_mode_after_unfreezing():
-    model = model_lib.build_model(3, "MobileNetV2", 32, "none", dropout=0.0,
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none", model_lib.Head(dropout=0.0),
                                   augmentation=model_lib.Augmentation(flip="none"))
     model_lib.unfreeze_top_layers(model, 1000)
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
@@ -51,7 +51,7 @@ def test_batchnorm_stays_in_inference_mode_after_unfreezing():
 
 
 def test_augmentation_is_active_only_in_training():
-    model = model_lib.build_model(3, "MobileNetV2", 32, "none", dropout=0.0,
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none",
                                   augmentation=model_lib.Augmentation("horizontal", 0.2, 0.2,
                                                                       0.2, 0.2))
     augmentation = model.get_layer("augmentation")
@@ -89,10 +89,83 @@ def test_weights_file_is_loaded(tmp_path):
     ({"backbone": "ResNet9000"}, "unknown backbone 'ResNet9000'"),
     ({"image_size": 16}, "image_size=16 is too small for MobileNetV2"),
     ({"weights": "/no/such.weights.h5"}, "weights file /no/such.weights.h5 does not exist"),
-    ({"pooling": "max"}, "pooling='max'"),
+    ({"head": model_lib.Head(pooling="max")}, "pooling='max'"),
+    ({"head": model_lib.Head(dropout=1.0)}, r"dropout=1.0 must be in \[0, 1\)"),
 ])
 def test_bad_model_options_have_clear_errors(kwargs, message):
     options = {"num_classes": 3, "backbone": "MobileNetV2", "image_size": 32,
                "weights": "none", **kwargs}
     with pytest.raises(TlpError, match=message):
         model_lib.build_model(**options)
+
+
+def test_head_options_build_the_layers_asked_for():
+    head = model_lib.Head("flatten", model_lib.Head.parse_units("16, 8"), batch_norm=True,
+                          dropout=0.3, weight_decay=1e-3)
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none", head)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds[-8:] == ["Flatten", "BatchNormalization", "Dense", "Dropout", "Dense",
+                          "Dropout", "Dropout", "Dense"]
+    assert [layer.units for layer in model.layers if type(layer).__name__ == "Dense"] == \
+        [16, 8, 3]
+    model(np.zeros((1, 32, 32, 3), "float32"))
+    assert len(model.losses) == 3  # One L2 term per dense kernel.
+
+
+@pytest.mark.parametrize("text", ["16,-2", "a,b"])
+def test_bad_dense_units_are_rejected(text):
+    with pytest.raises(TlpError, match="head_dense_units"):
+        model_lib.Head.parse_units(text)
+
+
+@pytest.mark.parametrize("spec, expected", [("0", 0), ("5", 5), ("0.25", None),
+                                            ("block5_conv1", 4)])
+def test_unfreeze_by_count_fraction_or_layer_name(spec, expected):
+    base = backbones.build_backbone("VGG16", 32, "none")
+    expected = round(0.25 * len(base.layers)) if expected is None else expected
+    assert model_lib.layers_to_unfreeze(base, spec) == expected
+
+
+@pytest.mark.parametrize("spec, message", [("block9_conv1", "neither a number nor a layer"),
+                                           ("-1", "a layer count"), ("2.5", "a layer count")])
+def test_bad_unfreeze_specs_are_rejected(spec, message):
+    base = backbones.build_backbone("VGG16", 32, "none")
+    with pytest.raises(TlpError, match=message):
+        model_lib.layers_to_unfreeze(base, spec)
+
+
+@pytest.mark.parametrize("optimizer", list(model_lib.OPTIMIZERS))
+def test_every_optimizer_trains_a_step(optimizer):
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none")
+    model_lib.compile_model(model, 3, 1e-3, optimizer, label_smoothing=0.1)
+    bias = model.get_layer("classifier").bias.numpy().copy()
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    model.train_on_batch(images, np.array([0, 1, 2, 1]))
+    # The bias: an untrained backbone's features are ~0 at this size, so its kernel barely moves.
+    assert np.abs(model.get_layer("classifier").bias.numpy() - bias).max() > 1e-4
+
+
+def test_label_smoothing_matches_the_one_hot_loss_and_survives_saving(tmp_path):
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "float32")
+    labels = np.array([0, 2])
+    smoothed = model_lib.SparseCategoricalCrossentropyWithSmoothing(0.3)(labels, probs)
+    expected = keras.losses.CategoricalCrossentropy(label_smoothing=0.3)(np.eye(3)[labels],
+                                                                         probs)
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-6)
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none")
+    model_lib.compile_model(model, 3, 1e-3, label_smoothing=0.3)
+    model.save(tmp_path / "m.keras")
+    assert keras.models.load_model(tmp_path / "m.keras").loss.label_smoothing == 0.3
+
+
+def test_weights_from_a_whole_model_are_copied_by_name(tmp_path, capsys):
+    source = model_lib.build_model(5, "MobileNetV2", 32, "none")
+    source.save(tmp_path / "whole.keras")
+    loaded = backbones.build_backbone("MobileNetV2", 32, str(tmp_path / "whole.keras"))
+    for a, b in zip(model_lib.backbone_of(source).weights, loaded.weights):
+        np.testing.assert_array_equal(a, b)
+    assert "copied 104 of 104 weighted backbone layers" in capsys.readouterr().out
+    unrelated = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="other")])
+    unrelated.save(tmp_path / "unrelated.keras")
+    with pytest.raises(TlpError, match="no layer of .*unrelated.keras matches"):
+        backbones.build_backbone("MobileNetV2", 32, str(tmp_path / "unrelated.keras"))

@@ -2,8 +2,10 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
 from components import model as model_lib, training
+from components.errors import TlpError
 
 
 def test_target_accuracy_callback_stops_training():
@@ -23,12 +25,12 @@ def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset):
     options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
     train_history = training.train(
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"), "MobileNetV2",
-        "none", "avg", 0.2, model_lib.Augmentation(), 1e-3, options)
+        "none", model_lib.Head(), model_lib.Augmentation(), 1e-3, options)
     assert train_history["epoch"] == [1, 2]
     assert json.loads((tmp_path / "h.json").read_text()) == train_history
     tuned = training.fine_tune(
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"),
-        str(tmp_path / "m2.keras"), str(tmp_path / "h2.json"), num_layers=10,
+        str(tmp_path / "m2.keras"), str(tmp_path / "h2.json"), layers="10",
         learning_rate=1e-5, options=options)
     assert tuned["epoch"] == [3, 4]
     assert set(tuned) >= {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"}
@@ -46,9 +48,44 @@ def test_fit_ends_with_the_best_validation_weights(tmp_path, tiny_dataset):
     validation = tfrecords.load_split(tiny_dataset, "validation", 8, training=False)
     before = model.evaluate(validation, verbose=0, return_dict=True)["loss"]
     model_lib.unfreeze_top_layers(model, 1000)
-    model_lib.compile_model(model, 3, learning_rate=50.0)
     options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
-    history = training.fit(model, str(tiny_dataset), options, initial_epoch=1,
-                           best_val_loss=before)
+    history = training.fit(model, str(tiny_dataset), options, learning_rate=50.0,
+                           initial_epoch=1, best_val_loss=before)
     after = model.evaluate(validation, verbose=0, return_dict=True)["loss"]
     assert after <= min([before] + history["val_loss"]) + 1e-4
+
+
+def test_schedules_warm_up_and_decay():
+    assert training.learning_rate_schedule(0.1, "constant", 10, 5) == 0.1
+    cosine = training.learning_rate_schedule(0.1, "cosine", 10, 5, warmup_epochs=1)
+    assert float(cosine(0)) == pytest.approx(0.001)
+    assert float(cosine(10)) == pytest.approx(0.1)
+    assert float(cosine(50)) == pytest.approx(0.0, abs=1e-6)
+    warm_constant = training.learning_rate_schedule(0.1, "constant", 10, 5, warmup_epochs=2)
+    assert float(warm_constant(5)) < 0.1 and float(warm_constant(45)) == pytest.approx(0.1)
+    step = training.learning_rate_schedule(0.1, "step", 10, 6)
+    assert [float(step(s)) for s in (19, 21, 41)] == pytest.approx([0.1, 0.01, 0.001])
+
+
+@pytest.mark.parametrize("schedule, warmup, message", [
+    ("linear", 0, "lr_schedule='linear'"), ("step", 1, "warmup_epochs works with")])
+def test_bad_schedules_are_rejected(schedule, warmup, message):
+    with pytest.raises(TlpError, match=message):
+        training.learning_rate_schedule(0.1, schedule, 10, 5, warmup)
+
+
+def test_class_weights_follow_imbalance():
+    assert training.class_weights([50, 50, 45], "auto") is None
+    assert training.class_weights([90, 10], "auto") == pytest.approx({0: 100 / 180, 1: 5.0})
+    assert training.class_weights([50, 50], "balanced") == {0: 1.0, 1: 1.0}
+    assert training.class_weights([90, 10], "none") is None
+    with pytest.raises(TlpError, match="class_weighting='often'"):
+        training.class_weights([1, 1], "often")
+
+
+def test_learning_rate_is_logged_under_a_schedule(tmp_path, tiny_dataset):
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none")
+    options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01,
+                                  optimizer="sgd", lr_schedule="cosine")
+    history = training.fit(model, str(tiny_dataset), options, learning_rate=0.01)
+    assert history["learning_rate"][0] < 0.01 and history["learning_rate"][1] < 1e-6
