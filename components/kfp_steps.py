@@ -37,8 +37,10 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
           learning_rate: float, batch_size: int, optimizer: str, lr_schedule: str,
           warmup_epochs: int, label_smoothing: float, class_weighting: str,
           early_stopping_patience: int, reduce_lr_patience: int, target_accuracy: float,
-          cache_budget_mb: int, seed: int, model: Output[Model], history: Output[Artifact]):
-    """Trains a new head on the frozen pretrained backbone."""
+          cache_budget_mb: int, seed: int, model: Output[Model], history: Output[Artifact],
+          tensorboard: Output[Artifact]):
+    """Trains a new head on the frozen pretrained backbone. Resumes after the last completed
+    epoch when a retry finds the state of a killed attempt."""
     from components import model as model_lib, training
 
     head = model_lib.Head(pooling, model_lib.Head.parse_units(head_dense_units),
@@ -49,9 +51,10 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
                                   reduce_lr_patience, target_accuracy, cache_budget_mb, seed,
                                   optimizer, lr_schedule, warmup_epochs, label_smoothing,
                                   class_weighting)
+    state = training.state_location(model.uri, model.path)
     model.path += ".keras"  # Keras picks the format by extension.
     result = training.train(dataset.path, model.path, history.path, backbone, weights, head,
-                            augmentation, learning_rate, options)
+                            augmentation, learning_rate, options, state, tensorboard.path)
     model.metadata.update({"backbone": backbone, "epochs": result["epoch"][-1]})
 
 
@@ -62,17 +65,20 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
               optimizer: str, lr_schedule: str, warmup_epochs: int, label_smoothing: float,
               class_weighting: str, early_stopping_patience: int, reduce_lr_patience: int,
               target_accuracy: float, cache_budget_mb: int, seed: int, model: Output[Model],
-              history: Output[Artifact]):
-    """Unfreezes the top backbone layers and trains further with a low learning rate."""
+              history: Output[Artifact], tensorboard: Output[Artifact]):
+    """Unfreezes the top backbone layers and trains further with a low learning rate.
+    Resumes after the last completed epoch when a retry finds the state of a killed attempt."""
     from components import training
 
     options = training.FitOptions(fine_tune_epochs, batch_size, early_stopping_patience,
                                   reduce_lr_patience, target_accuracy, cache_budget_mb, seed,
                                   optimizer, lr_schedule, warmup_epochs, label_smoothing,
                                   class_weighting)
+    state = training.state_location(model.uri, model.path)
     model.path += ".keras"
     training.fine_tune(dataset.path, trained_model.path, train_history.path, model.path,
-                       history.path, fine_tune_layers, fine_tune_learning_rate, options)
+                       history.path, fine_tune_layers, fine_tune_learning_rate, options, state,
+                       tensorboard.path)
 
 
 @cpu_component

@@ -1,10 +1,11 @@
 """Train (frozen backbone, new head) and fine-tune (top backbone layers unfrozen)."""
+import csv
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from components import configs, model as model_lib, tfrecords
 from components.errors import TlpError
@@ -93,30 +94,83 @@ class LogLearningRate(keras.callbacks.Callback):
                 self.model.optimizer.learning_rate))
 
 
-def make_callbacks(checkpoint_path: Path, options: FitOptions, best_val_loss: float | None,
-                   adjustable_learning_rate: bool) -> list[keras.callbacks.Callback]:
+def make_callbacks(state_dir: str, options: FitOptions, best_val_loss: float | None,
+                   adjustable_learning_rate: bool,
+                   tensorboard_dir: str | None) -> list[keras.callbacks.Callback]:
+    """BackupAndRestore and the CSV history live in state_dir, so a killed process started
+    again resumes after its last completed epoch; the best checkpoint lives there too."""
     plateau = ([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2,
                                                   patience=options.reduce_lr_patience,
                                                   min_lr=1e-7)]
                if adjustable_learning_rate else [])
-    return plateau + [
+    tensorboard = [keras.callbacks.TensorBoard(tensorboard_dir)] if tensorboard_dir else []
+    # Order matters at each epoch's end: the history row and the best checkpoint are written
+    # before the backup, so a kill in between repeats that epoch rather than losing it.
+    return [
         LogLearningRate(),
-        keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor="val_loss",
+        keras.callbacks.CSVLogger(_join(state_dir, HISTORY_CSV), append=True),
+        # One file per improvement, so a kill while writing one spoils only that one.
+        keras.callbacks.ModelCheckpoint(_join(state_dir, BEST_WEIGHTS), monitor="val_loss",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_val_loss),
+        # double_checkpoint: a backup spoilt by a kill mid-write falls back to the one before.
+        keras.callbacks.BackupAndRestore(_join(state_dir, "backup"), double_checkpoint=True),
         keras.callbacks.EarlyStopping(monitor="val_loss",
                                       patience=options.early_stopping_patience),
         TargetAccuracyStop(options.target_accuracy),
-    ]
+    ] + plateau + tensorboard
+
+
+HISTORY_CSV = "history.csv"
+BEST_WEIGHTS = "best-{epoch:04d}.weights.h5"
+
+
+def _join(directory: str, name: str) -> str:
+    return directory.rstrip("/") + "/" + name
+
+
+def state_location(artifact_uri: str, artifact_path: str) -> str:
+    """Where a step keeps its resumable state: beside its output artifact in the bucket when
+    TensorFlow can write there (gs://), so a retried pod finds it; else beside the local
+    path (local runs, and s3:// or minio:// roots, which TensorFlow 2.21 cannot write)."""
+    base = artifact_uri if artifact_uri.startswith("gs://") else artifact_path
+    return base + ".state"
+
+
+def load_best_weights(model: keras.Model, state_dir: str) -> None:
+    """Loads the newest readable best-epoch checkpoint, if any."""
+    for path in sorted(tf.io.gfile.glob(_join(state_dir, "best-*.weights.h5")), reverse=True):
+        try:
+            model.load_weights(path)
+            return
+        except (OSError, ValueError) as error:
+            print(f"skipping unreadable checkpoint {path}: {error}", flush=True)
+
+
+def read_csv_history(path: str) -> dict:
+    """The CSVLogger file as {metric: [values]}, 'epoch' 1-based; a repeated epoch (logged,
+    then killed before its backup) keeps its last row."""
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        rows = {int(row["epoch"]): row for row in csv.DictReader(f)}
+    history: dict[str, list] = {"epoch": [epoch + 1 for epoch in sorted(rows)]}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            if key != "epoch":
+                history.setdefault(key, []).append(float(value))
+    return history
 
 
 def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate: float,
-        initial_epoch: int = 0, best_val_loss: float | None = None) -> dict:
+        state_dir: str, initial_epoch: int = 0, best_val_loss: float | None = None,
+        tensorboard_dir: str | None = None) -> dict:
     """Compiles the model with the options' optimizer, schedule and loss, fits on the train
     split, validating on the validation split, and ends with the weights of the epoch with
     the lowest val_loss. When best_val_loss is given (fine-tuning), the incoming weights
     count as a candidate with that loss, so the result is never worse on validation than the
-    model that came in. Returns the history (absolute epochs)."""
+    model that came in. A run killed part-way and started again with the same state_dir
+    resumes after its last completed epoch. Returns the history (absolute epochs)."""
     metadata = tfrecords.read_metadata(dataset_dir)
     num_classes = metadata["num_classes"]
     binary = model_lib.is_binary(num_classes)
@@ -133,22 +187,26 @@ def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate
     weights = class_weights(list(metadata["counts"]["train"].values()), options.class_weighting)
     if weights:
         print(f"class weights: {weights}", flush=True)
-    with tempfile.TemporaryDirectory() as work_dir:
-        checkpoint = Path(work_dir) / "best.weights.h5"
-        if best_val_loss is not None:
-            model.optimizer.build(model.trainable_variables)  # So it reloads cleanly.
-            model.save_weights(str(checkpoint))
-        history = model.fit(train, validation_data=validation,
-                            epochs=initial_epoch + options.epochs, initial_epoch=initial_epoch,
-                            verbose=2, shuffle=False,  # The dataset shuffles itself.
-                            class_weight=weights,
-                            callbacks=make_callbacks(checkpoint, options, best_val_loss,
-                                                     isinstance(rate, float)))
-        if checkpoint.exists():
-            model.load_weights(str(checkpoint))
-    record = {name: [float(v) for v in values] for name, values in history.history.items()}
-    record["epoch"] = [initial_epoch + i + 1 for i in range(len(history.epoch))]
-    return record
+    tf.io.gfile.makedirs(state_dir)
+    done = read_csv_history(_join(state_dir, HISTORY_CSV))
+    if done:
+        print(f"resuming from {state_dir}: {len(done['epoch'])} epoch(s) already done",
+              flush=True)
+    elif best_val_loss is not None:
+        model.optimizer.build(model.trainable_variables)  # So it reloads cleanly.
+        model.save_weights(_join(state_dir, BEST_WEIGHTS.format(epoch=initial_epoch)))
+    candidates = done.get("val_loss", []) + ([] if best_val_loss is None else [best_val_loss])
+    best = min(candidates, default=None)
+    model.fit(train, validation_data=validation, epochs=initial_epoch + options.epochs,
+              initial_epoch=initial_epoch, verbose=2,
+              shuffle=False,  # The dataset shuffles itself.
+              class_weight=weights,
+              callbacks=make_callbacks(state_dir, options, best, isinstance(rate, float),
+                                       tensorboard_dir))
+    load_best_weights(model, state_dir)
+    history = read_csv_history(_join(state_dir, HISTORY_CSV))
+    tf.io.gfile.rmtree(state_dir)  # Finished: nothing left to resume.
+    return history
 
 
 def best_val_loss(history: dict) -> float:
@@ -165,14 +223,16 @@ def load_history(path: str | Path) -> dict:
 
 def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, weights: str,
           head: model_lib.Head, augmentation: model_lib.Augmentation,
-          learning_rate: float, options: FitOptions) -> dict:
+          learning_rate: float, options: FitOptions, state_dir: str,
+          tensorboard_dir: str | None = None) -> dict:
     """The train step: new head on the frozen pretrained backbone."""
     keras.utils.set_random_seed(options.seed)
     metadata = tfrecords.read_metadata(dataset_dir)
     model = model_lib.build_model(metadata["num_classes"], backbone, metadata["image_size"],
                                   weights, head, augmentation)
     model.summary(print_fn=lambda line, **_: print(line, flush=True))
-    history = fit(model, dataset_dir, options, learning_rate)
+    history = fit(model, dataset_dir, options, learning_rate, state_dir,
+                  tensorboard_dir=tensorboard_dir)
     model.save(model_path)
     save_history(history, history_path)
     return history
@@ -180,7 +240,7 @@ def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, w
 
 def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
               history_path: str, layers: str, learning_rate: float,
-              options: FitOptions) -> dict:
+              options: FitOptions, state_dir: str, tensorboard_dir: str | None = None) -> dict:
     """The fine_tune step: unfreeze the top backbone layers (`layers`: a count, a fraction
     or a layer name), recompile with a low learning rate and continue the epoch count of
     the train step."""
@@ -191,8 +251,9 @@ def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
     print(f"fine_tune: {trainable} of {len(base.layers)} backbone layers trainable "
           "(BatchNorm stays frozen)", flush=True)
     previous = load_history(history_in)
-    history = fit(model, dataset_dir, options, learning_rate,
-                  initial_epoch=previous["epoch"][-1], best_val_loss=best_val_loss(previous))
+    history = fit(model, dataset_dir, options, learning_rate, state_dir,
+                  initial_epoch=previous["epoch"][-1], best_val_loss=best_val_loss(previous),
+                  tensorboard_dir=tensorboard_dir)
     model.save(model_path)
     save_history(history, history_path)
     return history

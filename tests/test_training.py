@@ -25,13 +25,16 @@ def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset):
     options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
     train_history = training.train(
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"), "MobileNetV2",
-        "none", model_lib.Head(), model_lib.Augmentation(), 1e-3, options)
+        "none", model_lib.Head(), model_lib.Augmentation(), 1e-3, options,
+        str(tmp_path / "state1"), str(tmp_path / "tensorboard"))
     assert train_history["epoch"] == [1, 2]
     assert json.loads((tmp_path / "h.json").read_text()) == train_history
+    assert not (tmp_path / "state1").exists()  # Finished: no state left behind.
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     tuned = training.fine_tune(
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"),
         str(tmp_path / "m2.keras"), str(tmp_path / "h2.json"), layers="10",
-        learning_rate=1e-5, options=options)
+        learning_rate=1e-5, options=options, state_dir=str(tmp_path / "state2"))
     assert tuned["epoch"] == [3, 4]
     assert set(tuned) >= {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"}
     model = keras.models.load_model(tmp_path / "m2.keras")
@@ -50,7 +53,8 @@ def test_fit_ends_with_the_best_validation_weights(tmp_path, tiny_dataset):
     model_lib.unfreeze_top_layers(model, 1000)
     options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
     history = training.fit(model, str(tiny_dataset), options, learning_rate=50.0,
-                           initial_epoch=1, best_val_loss=before)
+                           state_dir=str(tmp_path / "state"), initial_epoch=1,
+                           best_val_loss=before)
     after = model.evaluate(validation, verbose=0, return_dict=True)["loss"]
     assert after <= min([before] + history["val_loss"]) + 1e-4
 
@@ -87,5 +91,60 @@ def test_learning_rate_is_logged_under_a_schedule(tmp_path, tiny_dataset):
     model = model_lib.build_model(3, "MobileNetV2", 32, "none")
     options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01,
                                   optimizer="sgd", lr_schedule="cosine")
-    history = training.fit(model, str(tiny_dataset), options, learning_rate=0.01)
+    history = training.fit(model, str(tiny_dataset), options, learning_rate=0.01,
+                           state_dir=str(tmp_path / "state"))
     assert history["learning_rate"][0] < 0.01 and history["learning_rate"][1] < 1e-6
+
+
+TRAIN_SCRIPT = """
+import sys
+from components import model as model_lib, training
+dataset, out, state = sys.argv[1:]
+options = training.FitOptions(epochs=12, batch_size=8, early_stopping_patience=100,
+                              target_accuracy=1.01)
+training.train(dataset, out + "/m.keras", out + "/h.json", "MobileNetV2", "none",
+               model_lib.Head(), model_lib.Augmentation(), 1e-3, options, state)
+"""
+
+
+def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path, tiny_dataset):
+    """As on a preempted spot node: SIGKILL part-way, start again, it carries on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    state = tmp_path / "state"
+    command = [sys.executable, "-c", TRAIN_SCRIPT, str(tiny_dataset), str(tmp_path), str(state)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(training.read_csv_history(str(state / "history.csv")).get("epoch", [])) < 3:
+        assert first.poll() is None and time.monotonic() < deadline, "no epochs logged"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_after = training.read_csv_history(str(state / "history.csv"))["epoch"][-1]
+    assert killed_after < 12 and not (tmp_path / "m.keras").exists()
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "epoch(s) already done" in second.stdout
+    epochs_run = [int(line.split()[1].split("/")[0]) for line in second.stdout.splitlines()
+                  if line.startswith("Epoch ")]
+    assert epochs_run[0] in (killed_after, killed_after + 1) and epochs_run[-1] == 12
+    history = json.loads((tmp_path / "h.json").read_text())
+    assert history["epoch"] == list(range(1, 13))
+    assert not state.exists()
+
+
+def test_a_checkpoint_spoilt_mid_write_falls_back_to_the_one_before(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.layers[0].set_weights([np.ones((2, 1)), np.zeros(1)])
+    model.save_weights(str(tmp_path / "best-0001.weights.h5"))
+    (tmp_path / "best-0002.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    model.layers[0].set_weights([np.zeros((2, 1)), np.zeros(1)])
+    training.load_best_weights(model, str(tmp_path))
+    np.testing.assert_array_equal(model.layers[0].get_weights()[0], np.ones((2, 1)))
