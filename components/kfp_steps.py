@@ -33,7 +33,9 @@ def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ra
 def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
           head_dense_units: str, head_batch_norm: bool, dropout: float, weight_decay: float,
           augment_flip: str, augment_rotation: float, augment_zoom: float,
-          augment_translation: float, augment_contrast: float, epochs: int,
+          augment_translation: float, augment_shear: float, augment_contrast: float,
+          augment_brightness: float, augment_color_jitter: float, augment_blur: float,
+          augment_erasing: float, augment_fill_mode: str, epochs: int,
           learning_rate: float, batch_size: int, optimizer: str, lr_schedule: str,
           warmup_epochs: int, label_smoothing: float, class_weighting: str,
           early_stopping_patience: int, reduce_lr_patience: int, target_accuracy: float,
@@ -45,8 +47,11 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
 
     head = model_lib.Head(pooling, model_lib.Head.parse_units(head_dense_units),
                           head_batch_norm, dropout, weight_decay)
-    augmentation = model_lib.Augmentation(augment_flip, augment_rotation, augment_zoom,
-                                          augment_translation, augment_contrast)
+    augmentation = model_lib.Augmentation(
+        flip=augment_flip, rotation=augment_rotation, zoom=augment_zoom,
+        translation=augment_translation, shear=augment_shear, contrast=augment_contrast,
+        brightness=augment_brightness, color_jitter=augment_color_jitter, blur=augment_blur,
+        erasing=augment_erasing, fill_mode=augment_fill_mode)
     options = training.FitOptions(epochs, batch_size, early_stopping_patience,
                                   reduce_lr_patience, target_accuracy, cache_budget_mb, seed,
                                   optimizer, lr_schedule, warmup_epochs, label_smoothing,

@@ -8,32 +8,51 @@ from components.errors import TlpError
 
 FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 POOLING_MODES = ("avg", "flatten")
+FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 
 
 @dataclass(frozen=True)
 class Augmentation:
+    """Strengths of the random augmentations (0: off). Geometric ones are fractions of the
+    image size or of a full turn; colour ones are factors; blur and erasing probabilities.
+    Colour jitter, blur and erasing are off by default: colour, fine detail or a patch can be
+    what tells classes apart."""
     flip: str = "horizontal"
     rotation: float = 0.0
     zoom: float = 0.0
     translation: float = 0.0
+    shear: float = 0.0
     contrast: float = 0.0
+    brightness: float = 0.0
+    color_jitter: float = 0.0
+    blur: float = 0.0
+    erasing: float = 0.0
+    fill_mode: str = "reflect"
 
     def layers(self) -> list[keras.layers.Layer]:
         """Keras preprocessing layers; they are active only when training."""
         if self.flip not in FLIP_MODES:
             raise TlpError(f"augment_flip={self.flip!r}; choose one of {', '.join(FLIP_MODES)}.")
-        layers = []
-        if self.flip != "none":
-            layers.append(keras.layers.RandomFlip(self.flip))
-        if self.rotation:
-            layers.append(keras.layers.RandomRotation(self.rotation))
-        if self.zoom:
-            layers.append(keras.layers.RandomZoom(self.zoom))
-        if self.translation:
-            layers.append(keras.layers.RandomTranslation(self.translation, self.translation))
-        if self.contrast:
-            layers.append(keras.layers.RandomContrast(self.contrast, value_range=(0, 255)))
-        return layers
+        if self.fill_mode not in FILL_MODES:
+            raise TlpError(f"augment_fill_mode={self.fill_mode!r}; choose one of "
+                           f"{', '.join(FILL_MODES)}.")
+        fill = {"fill_mode": self.fill_mode}
+        pixels = {"value_range": (0, 255)}
+        candidates = [
+            (self.flip != "none", lambda: keras.layers.RandomFlip(self.flip)),
+            (self.rotation, lambda: keras.layers.RandomRotation(self.rotation, **fill)),
+            (self.zoom, lambda: keras.layers.RandomZoom(self.zoom, **fill)),
+            (self.translation, lambda: keras.layers.RandomTranslation(
+                self.translation, self.translation, **fill)),
+            (self.shear, lambda: keras.layers.RandomShear(self.shear, self.shear, **fill)),
+            (self.contrast, lambda: keras.layers.RandomContrast(self.contrast, **pixels)),
+            (self.brightness, lambda: keras.layers.RandomBrightness(self.brightness, **pixels)),
+            (self.color_jitter, lambda: keras.layers.RandomColorJitter(
+                saturation_factor=self.color_jitter, hue_factor=self.color_jitter, **pixels)),
+            (self.blur, lambda: keras.layers.RandomGaussianBlur(self.blur, **pixels)),
+            (self.erasing, lambda: keras.layers.RandomErasing(self.erasing, **pixels)),
+        ]
+        return [make() for wanted, make in candidates if wanted]
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,16 @@ OPTIMIZERS = {
     "rmsprop": keras.optimizers.RMSprop,
     "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
 }
+
+
+def without_augmentation(model: keras.Model) -> keras.Model:
+    """The same model, sharing its weights, minus the augmentation block: what to serve."""
+    inputs = keras.Input(model.input.shape[1:], name="image")
+    x = inputs
+    for layer in model.layers[1:]:
+        if layer.name != "augmentation":
+            x = layer(x)
+    return keras.Model(inputs, x, name=model.name)
 
 
 def compile_model(model: keras.Model, num_classes: int, learning_rate,

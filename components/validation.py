@@ -32,9 +32,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     model_lib.Head(params["pooling"], model_lib.Head.parse_units(params["head_dense_units"]),
                    params["head_batch_norm"], params["dropout"],
                    params["weight_decay"]).validate()
-    if params["augment_flip"] not in model_lib.FLIP_MODES:
-        raise TlpError(f"augment_flip={params['augment_flip']!r}; choose one of "
-                       f"{', '.join(model_lib.FLIP_MODES)}.")
+    model_lib.Augmentation(flip=params["augment_flip"],
+                           fill_mode=params["augment_fill_mode"]).layers()
     if params["optimizer"] not in model_lib.OPTIMIZERS:
         raise TlpError(f"optimizer={params['optimizer']!r}; choose one of "
                        f"{', '.join(model_lib.OPTIMIZERS)}.")

@@ -31,7 +31,13 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         augment_rotation: float = configs.AUGMENT_ROTATION,
         augment_zoom: float = configs.AUGMENT_ZOOM,
         augment_translation: float = configs.AUGMENT_TRANSLATION,
+        augment_shear: float = configs.AUGMENT_SHEAR,
         augment_contrast: float = configs.AUGMENT_CONTRAST,
+        augment_brightness: float = configs.AUGMENT_BRIGHTNESS,
+        augment_color_jitter: float = configs.AUGMENT_COLOR_JITTER,
+        augment_blur: float = configs.AUGMENT_BLUR,
+        augment_erasing: float = configs.AUGMENT_ERASING,
+        augment_fill_mode: str = configs.AUGMENT_FILL_MODE,
         epochs: int = configs.EPOCHS,
         learning_rate: float = configs.LEARNING_RATE,
         optimizer: str = configs.OPTIMIZER,
@@ -69,7 +75,14 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
             augment_rotation: Random rotation, as a fraction of a full turn.
             augment_zoom: Random zoom, as a fraction of the image size.
             augment_translation: Random shift, as a fraction of the image size.
+            augment_shear: Random shear, as a fraction of the image size.
             augment_contrast: Random contrast change factor.
+            augment_brightness: Random brightness change factor.
+            augment_color_jitter: Random saturation and hue change factor.
+            augment_blur: Probability of a random Gaussian blur.
+            augment_erasing: Probability of erasing a random patch.
+            augment_fill_mode: How geometric augmentations fill the edges: reflect, wrap,
+                constant or nearest.
             epochs: Maximum epochs training the head (frozen backbone).
             learning_rate: Learning rate while training the head.
             optimizer: adam, adamw, rmsprop or sgd (momentum 0.9); for both phases.
@@ -100,9 +113,13 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         train = kfp_steps.train(
             dataset=dataset, backbone=backbone, weights=weights, pooling=pooling,
             head_dense_units=head_dense_units, head_batch_norm=head_batch_norm, dropout=dropout,
-            weight_decay=weight_decay, augment_flip=augment_flip, augment_rotation=augment_rotation,
-            augment_zoom=augment_zoom, augment_translation=augment_translation,
-            augment_contrast=augment_contrast, epochs=epochs, learning_rate=learning_rate,
+            weight_decay=weight_decay, augment_flip=augment_flip,
+            augment_rotation=augment_rotation, augment_zoom=augment_zoom,
+            augment_translation=augment_translation, augment_shear=augment_shear,
+            augment_contrast=augment_contrast, augment_brightness=augment_brightness,
+            augment_color_jitter=augment_color_jitter, augment_blur=augment_blur,
+            augment_erasing=augment_erasing, augment_fill_mode=augment_fill_mode,
+            epochs=epochs, learning_rate=learning_rate,
             **fit_args)
         tune = kfp_steps.fine_tune(
             dataset=dataset, trained_model=train.outputs["model"],

@@ -50,14 +50,36 @@ def test_batchnorm_stays_in_inference_mode_after_unfreezing():
     np.testing.assert_allclose(model(x, training=True), model(x, training=False), atol=1e-6)
 
 
-def test_augmentation_is_active_only_in_training():
+EVERY_AUGMENTATION = model_lib.Augmentation(
+    flip="horizontal_and_vertical", rotation=0.2, zoom=0.2, translation=0.2, shear=0.2,
+    contrast=0.2, brightness=0.2, color_jitter=0.2, blur=0.5, erasing=0.5, fill_mode="nearest")
+
+
+def test_each_augmentation_is_built_and_active_only_in_training():
     model = model_lib.build_model(3, "MobileNetV2", 32, "none",
-                                  augmentation=model_lib.Augmentation("horizontal", 0.2, 0.2,
-                                                                      0.2, 0.2))
+                                  augmentation=EVERY_AUGMENTATION)
     augmentation = model.get_layer("augmentation")
+    assert [type(layer).__name__ for layer in augmentation.layers] == [
+        "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomShear",
+        "RandomContrast", "RandomBrightness", "RandomColorJitter", "RandomGaussianBlur",
+        "RandomErasing"]
+    assert augmentation.layers[1].fill_mode == "nearest"
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(augmentation(x, training=False), x)
-    assert not np.allclose(augmentation(x, training=True), x)
+    augmented = keras.ops.convert_to_numpy(augmentation(x, training=True))
+    assert not np.allclose(augmented, x)
+    assert augmented.min() >= 0 and augmented.max() <= 255
+
+
+def test_the_model_to_serve_has_no_augmentation_and_the_same_outputs():
+    model = model_lib.build_model(3, "MobileNetV2", 32, "none",
+                                  augmentation=EVERY_AUGMENTATION)
+    served = model_lib.without_augmentation(model)
+    assert "augmentation" not in [layer.name for layer in served.layers]
+    assert len(served.weights) == len(model.weights)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(served(x), model(x, training=False), atol=1e-6)
+
 
 
 @pytest.mark.parametrize("name", list(backbones.BACKBONES))
