@@ -65,7 +65,7 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
 
 @gpu_component
 def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
-              train_history: Input[Artifact], fine_tune_layers: str,
+              train_history: Input[Artifact], fine_tune_layers: str, domain_similarity: str,
               fine_tune_learning_rate: float, fine_tune_epochs: int, batch_size: int,
               optimizer: str, lr_schedule: str, warmup_epochs: int, label_smoothing: float,
               class_weighting: str, early_stopping_patience: int, reduce_lr_patience: int,
@@ -83,7 +83,7 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
     model.path += ".keras"
     training.fine_tune(dataset.path, trained_model.path, train_history.path, model.path,
                        history.path, fine_tune_layers, fine_tune_learning_rate, options, state,
-                       tensorboard.path)
+                       tensorboard.path, domain_similarity)
 
 
 @cpu_component

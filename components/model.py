@@ -180,9 +180,33 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(backbones.BACKBONE_LAYER_NAME)
 
 
+SIMILARITIES = ("similar", "different")
+# Train images per class from which fine_tune_layers=auto treats a dataset as large.
+LARGE_DATASET_PER_CLASS = 1000
+# fine_tune_layers=auto, by (large dataset, similar to ImageNet): the four quadrants of the
+# usual transfer-learning advice.
+AUTO_UNFREEZE = {
+    (False, True): "0",  # Small and similar: the new head alone.
+    (False, False): "0.3",  # Small and different: the top of the backbone too.
+    (True, True): "0.5",  # Large and similar: the top half.
+    (True, False): "all",  # Large and different: every layer.
+}
+
+
+def auto_unfreeze(train_counts: list[int], similarity: str) -> str:
+    """The fine_tune_layers spec that fine_tune_layers=auto stands for."""
+    if similarity not in SIMILARITIES:
+        raise TlpError(f"domain_similarity={similarity!r}; choose one of "
+                       f"{', '.join(SIMILARITIES)}.")
+    large = min(train_counts) >= LARGE_DATASET_PER_CLASS
+    return AUTO_UNFREEZE[large, similarity == "similar"]
+
+
 def parse_unfreeze(spec: str) -> int | float | str:
     """'30' -> 30 (top layers), '0.25' -> 0.25 (that fraction of the layers, from the top),
-    anything else -> a layer name (that layer and every layer above it)."""
+    'all' -> 1.0, anything else -> a layer name (that layer and every layer above it)."""
+    if spec == "all":
+        return 1.0
     try:
         value = float(spec)
     except ValueError:
@@ -192,7 +216,7 @@ def parse_unfreeze(spec: str) -> int | float | str:
     if 0 < value < 1:
         return value
     raise TlpError(f"fine_tune_layers={spec!r}: give a layer count (0 or more), a fraction "
-                   "between 0 and 1, or a layer name.")
+                   "between 0 and 1, all, auto, or a layer name.")
 
 
 def layers_to_unfreeze(base: keras.Model, spec: str) -> int:

@@ -240,13 +240,19 @@ def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, w
 
 def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
               history_path: str, layers: str, learning_rate: float,
-              options: FitOptions, state_dir: str, tensorboard_dir: str | None = None) -> dict:
-    """The fine_tune step: unfreeze the top backbone layers (`layers`: a count, a fraction
-    or a layer name), recompile with a low learning rate and continue the epoch count of
-    the train step."""
+              options: FitOptions, state_dir: str, tensorboard_dir: str | None = None,
+              similarity: str = configs.DOMAIN_SIMILARITY) -> dict:
+    """The fine_tune step: unfreeze the top backbone layers (`layers`: a count, a fraction,
+    'all', a layer name, or 'auto': chosen from the dataset's size and `similarity`),
+    recompile with a low learning rate and continue the epoch count of the train step."""
     keras.utils.set_random_seed(options.seed)
     model = keras.models.load_model(model_in, compile=False)
     base = model_lib.backbone_of(model)
+    if layers == "auto":
+        counts = list(tfrecords.read_metadata(dataset_dir)["counts"]["train"].values())
+        layers = model_lib.auto_unfreeze(counts, similarity)
+        print(f"fine_tune: auto: {min(counts)} or more train images per class, domain "
+              f"{similarity}: unfreezing {layers}", flush=True)
     trainable = model_lib.unfreeze_top_layers(model, model_lib.layers_to_unfreeze(base, layers))
     print(f"fine_tune: {trainable} of {len(base.layers)} backbone layers trainable "
           "(BatchNorm stays frozen)", flush=True)

@@ -14,7 +14,9 @@ def _at_least(params: dict, name: str, minimum: int) -> None:
 def _validate_fine_tune_layers(params: dict) -> None:
     """A layer name can only be checked against the backbone itself (built untrained)."""
     spec = str(params["fine_tune_layers"])
-    if isinstance(model_lib.parse_unfreeze(spec), str):
+    if spec == "auto":
+        model_lib.auto_unfreeze([1], params["domain_similarity"])
+    elif isinstance(model_lib.parse_unfreeze(spec), str):
         base = backbones.build_backbone(params["backbone"], params["image_size"], "none")
         model_lib.layers_to_unfreeze(base, spec)
 

@@ -47,6 +47,7 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         class_weighting: str = configs.CLASS_WEIGHTING,
         fine_tune_epochs: int = configs.FINE_TUNE_EPOCHS,
         fine_tune_layers: str = configs.FINE_TUNE_LAYERS,
+        domain_similarity: str = configs.DOMAIN_SIMILARITY,
         fine_tune_learning_rate: float = configs.FINE_TUNE_LEARNING_RATE,
         early_stopping_patience: int = configs.EARLY_STOPPING_PATIENCE,
         reduce_lr_patience: int = configs.REDUCE_LR_PATIENCE,
@@ -92,7 +93,10 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
             class_weighting: auto (balanced when classes are imbalanced), balanced or none.
             fine_tune_epochs: Maximum further epochs with the top backbone layers unfrozen.
             fine_tune_layers: Backbone layers to unfreeze: a count from the top, a fraction
-                (0.25: the top quarter) or a layer name and all above it. BatchNorm stays frozen.
+                (0.25: the top quarter), all, a layer name and all above it, or auto (from
+                the dataset's size and domain_similarity). BatchNorm stays frozen.
+            domain_similarity: For fine_tune_layers=auto: are the images similar to ImageNet
+                photos (similar) or not (different)?
             fine_tune_learning_rate: Learning rate while fine-tuning.
             early_stopping_patience: Epochs without val_loss improvement before stopping.
             reduce_lr_patience: Epochs without val_loss improvement before dividing the LR by 5.
@@ -124,6 +128,7 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         tune = kfp_steps.fine_tune(
             dataset=dataset, trained_model=train.outputs["model"],
             train_history=train.outputs["history"], fine_tune_layers=fine_tune_layers,
+            domain_similarity=domain_similarity,
             fine_tune_learning_rate=fine_tune_learning_rate, fine_tune_epochs=fine_tune_epochs,
             **fit_args)
         for task in (train, tune):

@@ -30,6 +30,8 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     (["--fine-tune-layers", "block_99_add"], "'block_99_add' is neither a number nor a layer"),
     (["--lr-schedule", "step", "--warmup-epochs", "2"], "warmup_epochs works with"),
     (["--head-dense-units", "128,x"], "head_dense_units='128,x'"),
+    (["--fine-tune-layers", "auto", "--domain-similarity", "alike"],
+     "domain_similarity='alike'"),
 ])
 def test_bad_input_stops_with_one_clear_message(capsys, tmp_path, argv, message):
     assert cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"), *argv]) == 2

@@ -141,7 +141,7 @@ def test_bad_dense_units_are_rejected(text):
 
 
 @pytest.mark.parametrize("spec, expected", [("0", 0), ("5", 5), ("0.25", None),
-                                            ("block5_conv1", 4)])
+                                            ("all", 19), ("block5_conv1", 4)])
 def test_unfreeze_by_count_fraction_or_layer_name(spec, expected):
     base = backbones.build_backbone("VGG16", 32, "none")
     expected = round(0.25 * len(base.layers)) if expected is None else expected
@@ -191,3 +191,15 @@ def test_weights_from_a_whole_model_are_copied_by_name(tmp_path, capsys):
     unrelated.save(tmp_path / "unrelated.keras")
     with pytest.raises(TlpError, match="no layer of .*unrelated.keras matches"):
         backbones.build_backbone("MobileNetV2", 32, str(tmp_path / "unrelated.keras"))
+
+
+@pytest.mark.parametrize("per_class, similarity, expected", [
+    (50, "similar", "0"), (50, "different", "0.3"),
+    (1000, "similar", "0.5"), (5000, "different", "all")])
+def test_auto_unfreeze_follows_the_four_quadrants(per_class, similarity, expected):
+    assert model_lib.auto_unfreeze([per_class, per_class * 2], similarity) == expected
+
+
+def test_auto_unfreeze_needs_a_known_similarity():
+    with pytest.raises(TlpError, match="domain_similarity='close'"):
+        model_lib.auto_unfreeze([10, 10], "close")

@@ -21,7 +21,7 @@ def test_target_accuracy_callback_stops_training():
     assert all(a < 1.0 for a in history.history["val_accuracy"][:-1])
 
 
-def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset):
+def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset, capsys):
     options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
     train_history = training.train(
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"), "MobileNetV2",
@@ -33,8 +33,10 @@ def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset):
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     tuned = training.fine_tune(
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"),
-        str(tmp_path / "m2.keras"), str(tmp_path / "h2.json"), layers="10",
-        learning_rate=1e-5, options=options, state_dir=str(tmp_path / "state2"))
+        str(tmp_path / "m2.keras"), str(tmp_path / "h2.json"), layers="auto",
+        learning_rate=1e-5, options=options, state_dir=str(tmp_path / "state2"),
+        similarity="different")
+    assert "domain different: unfreezing 0.3" in capsys.readouterr().out
     assert tuned["epoch"] == [3, 4]
     assert set(tuned) >= {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"}
     model = keras.models.load_model(tmp_path / "m2.keras")
