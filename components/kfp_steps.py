@@ -38,8 +38,9 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
           augment_erasing: float, augment_fill_mode: str, epochs: int,
           learning_rate: float, batch_size: int, optimizer: str, lr_schedule: str,
           warmup_epochs: int, label_smoothing: float, class_weighting: str,
-          early_stopping_patience: int, reduce_lr_patience: int, target_accuracy: float,
-          cache_budget_mb: int, seed: int, model: Output[Model], history: Output[Artifact],
+          mixed_precision: str, steps_per_execution: int, early_stopping_patience: int,
+          reduce_lr_patience: int, target_accuracy: float, cache_budget_mb: int, seed: int,
+          model: Output[Model], history: Output[Artifact],
           tensorboard: Output[Artifact]):
     """Trains a new head on the frozen pretrained backbone. Resumes after the last completed
     epoch when a retry finds the state of a killed attempt."""
@@ -55,7 +56,7 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
     options = training.FitOptions(epochs, batch_size, early_stopping_patience,
                                   reduce_lr_patience, target_accuracy, cache_budget_mb, seed,
                                   optimizer, lr_schedule, warmup_epochs, label_smoothing,
-                                  class_weighting)
+                                  class_weighting, mixed_precision, steps_per_execution)
     state = training.state_location(model.uri, model.path)
     model.path += ".keras"  # Keras picks the format by extension.
     result = training.train(dataset.path, model.path, history.path, backbone, weights, head,
@@ -68,7 +69,8 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
               train_history: Input[Artifact], fine_tune_layers: str, domain_similarity: str,
               fine_tune_learning_rate: float, fine_tune_epochs: int, batch_size: int,
               optimizer: str, lr_schedule: str, warmup_epochs: int, label_smoothing: float,
-              class_weighting: str, early_stopping_patience: int, reduce_lr_patience: int,
+              class_weighting: str, mixed_precision: str, steps_per_execution: int,
+              early_stopping_patience: int, reduce_lr_patience: int,
               target_accuracy: float, cache_budget_mb: int, seed: int, model: Output[Model],
               history: Output[Artifact], tensorboard: Output[Artifact]):
     """Unfreezes the top backbone layers and trains further with a low learning rate.
@@ -78,7 +80,7 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
     options = training.FitOptions(fine_tune_epochs, batch_size, early_stopping_patience,
                                   reduce_lr_patience, target_accuracy, cache_budget_mb, seed,
                                   optimizer, lr_schedule, warmup_epochs, label_smoothing,
-                                  class_weighting)
+                                  class_weighting, mixed_precision, steps_per_execution)
     state = training.state_location(model.uri, model.path)
     model.path += ".keras"
     training.fine_tune(dataset.path, trained_model.path, train_history.path, model.path,

@@ -95,8 +95,9 @@ class Head:
             x = keras.layers.Dropout(self.dropout)(x)
         x = keras.layers.Dropout(self.dropout)(x)
         units, activation = (1, "sigmoid") if is_binary(num_classes) else (num_classes, "softmax")
+        # float32 even under mixed precision: probabilities need the range and resolution.
         return keras.layers.Dense(units, activation=activation, kernel_regularizer=regularizer,
-                                  name="classifier")(x)
+                                  dtype="float32", name="classifier")(x)
 
 
 def is_binary(num_classes: int) -> bool:
@@ -167,13 +168,15 @@ def without_augmentation(model: keras.Model) -> keras.Model:
 
 
 def compile_model(model: keras.Model, num_classes: int, learning_rate,
-                  optimizer: str = "adam", label_smoothing: float = 0.0) -> None:
-    """learning_rate: a float or a keras.optimizers.schedules schedule."""
+                  optimizer: str = "adam", label_smoothing: float = 0.0,
+                  steps_per_execution: int = 1) -> None:
+    """learning_rate: a float or a keras.optimizers.schedules schedule. Keras compiles the
+    steps with XLA where it can (jit_compile='auto')."""
     if optimizer not in OPTIMIZERS:
         raise TlpError(f"optimizer={optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
     loss, metric = loss_and_metric(num_classes, label_smoothing)
     model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate=learning_rate), loss=loss,
-                  metrics=[metric])
+                  metrics=[metric], steps_per_execution=steps_per_execution)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

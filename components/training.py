@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from components import configs, model as model_lib, tfrecords
+from components import accelerators, configs, model as model_lib, tfrecords
 from components.errors import TlpError
 
 
@@ -40,6 +40,8 @@ class FitOptions:
     warmup_epochs: int = configs.WARMUP_EPOCHS
     label_smoothing: float = configs.LABEL_SMOOTHING
     class_weighting: str = configs.CLASS_WEIGHTING
+    mixed_precision: str = configs.MIXED_PRECISION
+    steps_per_execution: int = configs.STEPS_PER_EXECUTION
 
 
 LR_SCHEDULES = ("constant", "step", "cosine")
@@ -183,7 +185,7 @@ def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate
     rate = learning_rate_schedule(learning_rate, options.lr_schedule, len(train),
                                   options.epochs, options.warmup_epochs)
     model_lib.compile_model(model, num_classes, rate, options.optimizer,
-                            options.label_smoothing)
+                            options.label_smoothing, options.steps_per_execution)
     weights = class_weights(list(metadata["counts"]["train"].values()), options.class_weighting)
     if weights:
         print(f"class weights: {weights}", flush=True)
@@ -227,12 +229,14 @@ def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, w
           tensorboard_dir: str | None = None) -> dict:
     """The train step: new head on the frozen pretrained backbone."""
     keras.utils.set_random_seed(options.seed)
+    accelerators.configure(options.mixed_precision)
     metadata = tfrecords.read_metadata(dataset_dir)
-    model = model_lib.build_model(metadata["num_classes"], backbone, metadata["image_size"],
-                                  weights, head, augmentation)
-    model.summary(print_fn=lambda line, **_: print(line, flush=True))
-    history = fit(model, dataset_dir, options, learning_rate, state_dir,
-                  tensorboard_dir=tensorboard_dir)
+    with accelerators.distribution_scope():
+        model = model_lib.build_model(metadata["num_classes"], backbone,
+                                      metadata["image_size"], weights, head, augmentation)
+        model.summary(print_fn=lambda line, **_: print(line, flush=True))
+        history = fit(model, dataset_dir, options, learning_rate, state_dir,
+                      tensorboard_dir=tensorboard_dir)
     model.save(model_path)
     save_history(history, history_path)
     return history
@@ -246,20 +250,23 @@ def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
     'all', a layer name, or 'auto': chosen from the dataset's size and `similarity`),
     recompile with a low learning rate and continue the epoch count of the train step."""
     keras.utils.set_random_seed(options.seed)
-    model = keras.models.load_model(model_in, compile=False)
-    base = model_lib.backbone_of(model)
+    accelerators.configure(options.mixed_precision)
     if layers == "auto":
         counts = list(tfrecords.read_metadata(dataset_dir)["counts"]["train"].values())
         layers = model_lib.auto_unfreeze(counts, similarity)
         print(f"fine_tune: auto: {min(counts)} or more train images per class, domain "
               f"{similarity}: unfreezing {layers}", flush=True)
-    trainable = model_lib.unfreeze_top_layers(model, model_lib.layers_to_unfreeze(base, layers))
-    print(f"fine_tune: {trainable} of {len(base.layers)} backbone layers trainable "
-          "(BatchNorm stays frozen)", flush=True)
     previous = load_history(history_in)
-    history = fit(model, dataset_dir, options, learning_rate, state_dir,
-                  initial_epoch=previous["epoch"][-1], best_val_loss=best_val_loss(previous),
-                  tensorboard_dir=tensorboard_dir)
+    with accelerators.distribution_scope():
+        model = keras.models.load_model(model_in, compile=False)
+        base = model_lib.backbone_of(model)
+        trainable = model_lib.unfreeze_top_layers(model,
+                                                  model_lib.layers_to_unfreeze(base, layers))
+        print(f"fine_tune: {trainable} of {len(base.layers)} backbone layers trainable "
+              "(BatchNorm stays frozen)", flush=True)
+        history = fit(model, dataset_dir, options, learning_rate, state_dir,
+                      initial_epoch=previous["epoch"][-1],
+                      best_val_loss=best_val_loss(previous), tensorboard_dir=tensorboard_dir)
     model.save(model_path)
     save_history(history, history_path)
     return history

@@ -2,7 +2,7 @@
 clear message rather than deep inside a step."""
 from pathlib import Path
 
-from components import backbones, model as model_lib, preprocess, training
+from components import accelerators, backbones, model as model_lib, preprocess, training
 from components.errors import TlpError
 
 
@@ -29,7 +29,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                                params["test_ratio"])
     for name, minimum in (("epochs", 1), ("fine_tune_epochs", 0), ("batch_size", 1),
                           ("early_stopping_patience", 0), ("reduce_lr_patience", 0),
-                          ("cache_budget_mb", 0), ("warmup_epochs", 0)):
+                          ("cache_budget_mb", 0), ("warmup_epochs", 0),
+                          ("steps_per_execution", 1)):
         _at_least(params, name, minimum)
     model_lib.Head(params["pooling"], model_lib.Head.parse_units(params["head_dense_units"]),
                    params["head_batch_norm"], params["dropout"],
@@ -45,6 +46,7 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                                     params["epochs"], params["warmup_epochs"])
     training.class_weights([1], params["class_weighting"])
     _validate_fine_tune_layers(params)
+    accelerators.choose_policy(params["mixed_precision"], [])
     if require_data_dir and not params.get("data_dir"):
         raise TlpError("data_dir is required: a folder with one sub-folder of images per class.")
     weights = params["weights"]

@@ -53,6 +53,8 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         reduce_lr_patience: int = configs.REDUCE_LR_PATIENCE,
         target_accuracy: float = configs.TARGET_ACCURACY,
         cache_budget_mb: int = configs.CACHE_BUDGET_MB,
+        mixed_precision: str = configs.MIXED_PRECISION,
+        steps_per_execution: int = configs.STEPS_PER_EXECUTION,
         min_test_accuracy: float = configs.MIN_TEST_ACCURACY,
     ):
         """Transfer-learning image classifier.
@@ -102,11 +104,16 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
             reduce_lr_patience: Epochs without val_loss improvement before dividing the LR by 5.
             target_accuracy: Stop a phase once val_accuracy reaches this.
             cache_budget_mb: Cache decoded images in memory when a split fits this many MB.
+            mixed_precision: auto (bfloat16 on Ampere or newer GPUs, float16 on older ones,
+                none on CPU), bfloat16, float16 or off.
+            steps_per_execution: Training steps per compiled call; raise it on GPUs when
+                steps are short.
             min_test_accuracy: Export the model only if its test accuracy reaches this.
         """
         fit_args = dict(batch_size=batch_size, optimizer=optimizer, lr_schedule=lr_schedule,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                        class_weighting=class_weighting,
+                        class_weighting=class_weighting, mixed_precision=mixed_precision,
+                        steps_per_execution=steps_per_execution,
                         early_stopping_patience=early_stopping_patience,
                         reduce_lr_patience=reduce_lr_patience, target_accuracy=target_accuracy,
                         cache_budget_mb=cache_budget_mb, seed=seed)
