@@ -1,0 +1,81 @@
+"""Accuracy of transfer learning on Fashion-MNIST (Debian package `dataset-fashion-mnist`):
+500 train and 100 validation images per class, the full 10,000-image test set, 96x96,
+MobileNetV2. Reports test accuracy after train and after fine_tune, and wall time, for the
+demo's ImageNet weights next to weights=none with the same budget.
+
+    .venv/bin/python -m bench.accuracy [--epochs 10] [--fine-tune-epochs 5]
+
+Needs the demo weights (derived on first use, like `tlp demo-weights`).
+"""
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+
+from bench.common import write_dataset
+from components import demo_weights, fashion_mnist, model as model_lib, training
+from components.evaluation import predict_split
+
+
+def test_accuracy(model_path: Path, dataset: Path) -> float:
+    _, _, scores = predict_split(keras.models.load_model(model_path), str(dataset), "test", 256)
+    return scores["accuracy"]
+
+
+def run(weights: str, dataset: Path, work: Path, args: argparse.Namespace) -> dict:
+    started = time.monotonic()
+    options = training.FitOptions(epochs=args.epochs, target_accuracy=1.01)
+    training.train(str(dataset), str(work / "train.keras"), str(work / "train.json"),
+                   "MobileNetV2", weights, model_lib.Head(),
+                   model_lib.Augmentation(flip="horizontal", rotation=0.05, zoom=0.1,
+                                          translation=0.1, contrast=0.1),
+                   args.learning_rate, options, str(work / "train.state"))
+    after_train = test_accuracy(work / "train.keras", dataset)
+    options = training.FitOptions(epochs=args.fine_tune_epochs, target_accuracy=1.01)
+    training.fine_tune(str(dataset), str(work / "train.keras"), str(work / "train.json"),
+                       str(work / "tuned.keras"), str(work / "tuned.json"),
+                       args.fine_tune_layers, args.fine_tune_learning_rate, options,
+                       str(work / "tune.state"))
+    return {"after_train": after_train, "after_fine_tune": test_accuracy(work / "tuned.keras",
+                                                                         dataset),
+            "minutes": (time.monotonic() - started) / 60}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--fine-tune-epochs", type=int, default=5)
+    parser.add_argument("--fine-tune-layers", default="30")
+    parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-4)
+    args = parser.parse_args()
+    train_images, train_labels = fashion_mnist.load("train")
+    test_images, test_labels = fashion_mnist.load("test")
+    train = fashion_mnist.first_per_class(train_labels, 500)
+    validation = fashion_mnist.first_per_class(train_labels, 100, skip=500)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = write_dataset(Path(tmp) / "data", {
+            "train": (train_images[train], train_labels[train]),
+            "validation": (train_images[validation], train_labels[validation]),
+            "test": (test_images, test_labels)}, args.image_size)
+        for name, weights in (("imagenet (demo)", str(demo_weights.ensure_demo_weights())),
+                              ("none", "none")):
+            work = Path(tmp) / name.split()[0]
+            work.mkdir()
+            results[name] = run(weights, dataset, work, args)
+    print(f"\n{args.image_size} px, {args.epochs}+{args.fine_tune_epochs} epochs, "
+          f"fine-tuning the top {args.fine_tune_layers} layers at "
+          f"{args.fine_tune_learning_rate:g}")
+    print(f"{'weights':<16} {'after train':>12} {'after fine_tune':>16} {'minutes':>8}")
+    for name, r in results.items():
+        print(f"{name:<16} {r['after_train']:>12.4f} {r['after_fine_tune']:>16.4f} "
+              f"{r['minutes']:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Shared by the benchmarks: Fashion-MNIST written as the preprocess step's TFRecords."""
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from components import configs, fashion_mnist, preprocess, tfrecords
+
+
+def write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+                  image_size: int) -> Path:
+    """Writes {split: (28x28 images, labels)} as one JPEG shard per split plus the
+    metadata the input pipeline reads, as the preprocess step would."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = fashion_mnist.CLASS_NAMES
+    metadata = {"class_names": names, "num_classes": len(names), "image_size": image_size,
+                "image_format": "jpeg", "counts": {}, "shards": {}, "num_examples": {}}
+    for split, (images, labels) in splits.items():
+        def examples():
+            for index, (image, label) in enumerate(zip(images, labels)):
+                png = io.BytesIO()
+                Image.fromarray(image).save(png, format="PNG")
+                yield tfrecords.make_example(
+                    preprocess.encode_image(png.getvalue(), image_size), int(label),
+                    names[label], f"{split}-{index:05d}.png",
+                    hashlib.sha256(png.getvalue()).hexdigest(), image_size)
+
+        shard = f"{split}-00000-of-00001.tfrecord"
+        tfrecords.write_shard(out_dir / shard, examples())
+        metadata["shards"][split] = [shard]
+        metadata["num_examples"][split] = len(labels)
+        metadata["counts"][split] = {n: int((labels == i).sum()) for i, n in enumerate(names)}
+    (out_dir / configs.METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    return out_dir
