@@ -234,6 +234,10 @@ def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, w
     with accelerators.distribution_scope():
         model = model_lib.build_model(metadata["num_classes"], backbone,
                                       metadata["image_size"], weights, head, augmentation)
+        if weights == "none":  # Nothing learnt to keep: every layer learns from scratch.
+            model_lib.backbone_of(model).trainable = True
+            print("train: weights=none: training every backbone layer from scratch",
+                  flush=True)
         model.summary(print_fn=lambda line, **_: print(line, flush=True))
         history = fit(model, dataset_dir, options, learning_rate, state_dir,
                       tensorboard_dir=tensorboard_dir)

@@ -27,6 +27,9 @@ def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset, 
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"), "MobileNetV2",
         "none", model_lib.Head(), model_lib.Augmentation(), 1e-3, options,
         str(tmp_path / "state1"), str(tmp_path / "tensorboard"))
+    assert "weights=none: training every backbone layer" in capsys.readouterr().out
+    trained = keras.models.load_model(tmp_path / "m.keras")
+    assert all(layer.trainable for layer in model_lib.backbone_of(trained).layers)
     assert train_history["epoch"] == [1, 2]
     assert json.loads((tmp_path / "h.json").read_text()) == train_history
     assert not (tmp_path / "state1").exists()  # Finished: no state left behind.
