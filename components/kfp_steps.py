@@ -53,10 +53,7 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
         translation=augment_translation, shear=augment_shear, contrast=augment_contrast,
         brightness=augment_brightness, color_jitter=augment_color_jitter, blur=augment_blur,
         erasing=augment_erasing, fill_mode=augment_fill_mode)
-    options = training.FitOptions(epochs, batch_size, early_stopping_patience,
-                                  reduce_lr_patience, target_accuracy, cache_budget_mb, seed,
-                                  optimizer, lr_schedule, warmup_epochs, label_smoothing,
-                                  class_weighting, mixed_precision, steps_per_execution)
+    options = training.FitOptions.from_parameters(locals())
     state = training.state_location(model.uri, model.path)
     model.path += ".keras"  # Keras picks the format by extension.
     result = training.train(dataset.path, model.path, history.path, backbone, weights, head,
@@ -77,10 +74,7 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
     Resumes after the last completed epoch when a retry finds the state of a killed attempt."""
     from components import training
 
-    options = training.FitOptions(fine_tune_epochs, batch_size, early_stopping_patience,
-                                  reduce_lr_patience, target_accuracy, cache_budget_mb, seed,
-                                  optimizer, lr_schedule, warmup_epochs, label_smoothing,
-                                  class_weighting, mixed_precision, steps_per_execution)
+    options = training.FitOptions.from_parameters({**locals(), "epochs": fine_tune_epochs})
     state = training.state_location(model.uri, model.path)
     model.path += ".keras"
     training.fine_tune(dataset.path, trained_model.path, train_history.path, model.path,

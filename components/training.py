@@ -1,7 +1,7 @@
 """Train (frozen backbone, new head) and fine-tune (top backbone layers unfrozen)."""
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import keras
@@ -42,6 +42,11 @@ class FitOptions:
     class_weighting: str = configs.CLASS_WEIGHTING
     mixed_precision: str = configs.MIXED_PRECISION
     steps_per_execution: int = configs.STEPS_PER_EXECUTION
+
+    @classmethod
+    def from_parameters(cls, parameters: dict) -> "FitOptions":
+        """Picks the fields by name from a step's parameters (named as the fields are)."""
+        return cls(**{field.name: parameters[field.name] for field in fields(cls)})
 
 
 LR_SCHEDULES = ("constant", "step", "cosine")

@@ -153,3 +153,13 @@ def test_a_checkpoint_spoilt_mid_write_falls_back_to_the_one_before(tmp_path):
     model.layers[0].set_weights([np.zeros((2, 1)), np.zeros(1)])
     training.load_best_weights(model, str(tmp_path))
     np.testing.assert_array_equal(model.layers[0].get_weights()[0], np.ones((2, 1)))
+
+
+def test_fit_options_come_from_the_pipeline_parameters_by_name():
+    from pipelines.pipeline import create_pipeline
+
+    parameters = {name: spec.default for name, spec in
+                  create_pipeline().component_spec.inputs.items()}
+    options = training.FitOptions.from_parameters(parameters)
+    assert options.optimizer == parameters["optimizer"]
+    assert options.steps_per_execution == parameters["steps_per_execution"]
