@@ -4,11 +4,44 @@ from pathlib import Path
 PIPELINE_NAME = "transfer-learning-classifier"
 VERSION = "0.1.0"
 
-# Container images the pipeline's steps run in (built from docker/).
-CPU_IMAGE = f"ghcr.io/tlp-project/tlp-cpu:{VERSION}"
-GPU_IMAGE = f"ghcr.io/tlp-project/tlp-gpu:{VERSION}"
+# Container images the pipeline's steps run in (built from docker/); `tlp compile
+# --image-registry` swaps the registry, never the names or the tag.
+IMAGE_REGISTRY = "ghcr.io/tlp-project"
+CPU_IMAGE_NAME = "tlp-cpu"
+GPU_IMAGE_NAME = "tlp-gpu"
+
+
+def image(name: str, registry: str = IMAGE_REGISTRY) -> str:
+    """The full reference of one of the project's images, tagged with the version."""
+    return f"{registry.rstrip('/')}/{name}:{VERSION}"
+
+
+CPU_IMAGE = image(CPU_IMAGE_NAME)
+GPU_IMAGE = image(GPU_IMAGE_NAME)
+
+# Cluster defaults for compiled pipelines (tlp compile/submit flags override them).
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_COUNT = 1
+# No node selector by default: a label the cluster lacks would leave the GPU steps pending
+# for ever. The toleration matches the taint GKE and most GPU node pools carry.
+GPU_NODE_SELECTOR: dict[str, str] = {}
+GPU_TOLERATIONS = ("nvidia.com/gpu:NoSchedule",)
+# (CPU, memory) requested by each step; the GPU steps hold the decoded-image cache.
+STEP_RESOURCES = {
+    "preprocess": ("2", "4Gi"),
+    "train": ("4", "16Gi"),
+    "fine_tune": ("4", "16Gi"),
+    "evaluate": ("2", "8Gi"),
+    "export": ("1", "4Gi"),
+}
+# Retries for the GPU steps, which preemptible/spot nodes can kill mid-run.
+RETRIES = 2
+RETRY_BACKOFF = "60s"
+RETRY_BACKOFF_FACTOR = 2.0
+RETRY_BACKOFF_MAX = "3600s"
+IMAGE_PULL_POLICY = "IfNotPresent"  # The tags are versions, never moved.
+# How often `tlp submit --wait` asks for the run's state, in seconds.
+SUBMIT_POLL_SECONDS = 15.0
 
 # TFRecord feature keys, as in tensorflow/models official/vision/data/tfrecord_lib.py.
 KEY_ENCODED = "image/encoded"

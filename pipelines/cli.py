@@ -109,6 +109,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_values(pairs: list[str] | None, flag: str) -> dict[str, str]:
+    result = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not (key and sep and value):
+            raise TlpError(f"{flag} {pair!r}: write KEY=VALUE.")
+        result[key] = value
+    return result
+
+
+def cluster_options(args: argparse.Namespace):
+    """The cluster settings from the flags, over the defaults in components/configs.py."""
+    from pipelines.pipeline import ClusterOptions
+
+    cpu = _key_values(args.cpu_request, "--cpu-request")
+    memory = _key_values(args.memory_request, "--memory-request")
+    resources = {step: (cpu.pop(step, default_cpu), memory.pop(step, default_memory))
+                 for step, (default_cpu, default_memory) in configs.STEP_RESOURCES.items()}
+    if cpu or memory:
+        raise TlpError(f"--cpu-request/--memory-request for unknown step(s) "
+                       f"{', '.join({**cpu, **memory})}; steps: "
+                       f"{', '.join(configs.STEP_RESOURCES)}.")
+    tolerations = configs.GPU_TOLERATIONS if args.gpu_toleration is None else tuple(
+        t for t in args.gpu_toleration if t != "none")
+    return ClusterOptions(
+        gpu_count=args.gpu_count, gpu_resource=args.gpu_resource,
+        gpu_node_selector=_key_values(args.gpu_node_selector, "--gpu-node-selector")
+        or dict(configs.GPU_NODE_SELECTOR),
+        gpu_tolerations=tolerations, resources=resources, retries=args.retries,
+        cache_preprocess=args.cache_preprocess, image_pull_policy=args.image_pull_policy,
+        image_pull_secrets=tuple(args.image_pull_secret or ()),
+        image_registry=args.image_registry)
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
@@ -121,7 +155,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     validate_parameters({**{name: spec.default for name, spec in inputs.items()}, **overrides},
                         local=False, require_data_dir=False)
     # The values set by flags or config become the compiled pipeline's defaults.
-    compiler.Compiler().compile(create_pipeline(args.gpu_count, args.gpu_resource),
+    compiler.Compiler().compile(create_pipeline(cluster_options(args)),
                                 str(args.output), pipeline_parameters=overrides or None)
     print(f"wrote {args.output}")
     return 0
@@ -131,9 +165,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from pipelines import runner
 
     arguments = pipeline_arguments(args, local=False)
-    url, state = runner.submit(arguments, args.host, args.experiment, args.run_name,
-                               args.namespace, args.pipeline_root, args.gpu_count,
-                               args.gpu_resource, args.wait, args.timeout)
+    url, state = runner.submit(arguments, args.host, cluster_options(args), args.experiment,
+                               args.run_name, args.namespace, args.pipeline_root, args.wait,
+                               args.timeout)
     print(f"run: {url}")
     if state is not None:
         print(f"final state: {state}")
@@ -157,10 +191,41 @@ def cmd_demo_weights(args: argparse.Namespace) -> int:
 
 
 def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpu-count", type=int, default=configs.GPU_COUNT,
-                        help="GPUs requested by train and fine_tune (0: none) [%(default)s]")
-    parser.add_argument("--gpu-resource", default=configs.GPU_RESOURCE,
-                        help="Kubernetes resource name of the GPU [%(default)s]")
+    group = parser.add_argument_group("cluster settings (defaults in components/configs.py)")
+    group.add_argument("--gpu-count", type=int, default=configs.GPU_COUNT,
+                       help="GPUs requested by train and fine_tune (0: none, and the CPU "
+                            "image) [%(default)s]")
+    group.add_argument("--gpu-resource", default=configs.GPU_RESOURCE,
+                       help="Kubernetes resource name of the GPU [%(default)s]")
+    group.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE",
+                       help="node label the GPU steps must run on; repeatable [none]")
+    group.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
+                       help="taint the GPU steps tolerate; repeatable; `none` for none "
+                            f"[{', '.join(configs.GPU_TOLERATIONS)}]")
+    group.add_argument("--cpu-request", action="append", metavar="STEP=CPU",
+                       help="CPU request of a step, e.g. train=8; repeatable "
+                            f"[{_resource_defaults(0)}]")
+    group.add_argument("--memory-request", action="append", metavar="STEP=MEMORY",
+                       help="memory request of a step, e.g. train=32Gi; repeatable "
+                            f"[{_resource_defaults(1)}]")
+    group.add_argument("--retries", type=int, default=configs.RETRIES,
+                       help="retries of a failed train or fine_tune, with back-off "
+                            "[%(default)s]")
+    group.add_argument("--cache-preprocess", action=argparse.BooleanOptionalAction,
+                       default=True, help="reuse preprocess outputs for the same parameters "
+                                          "(turn off when data_dir's content changed) "
+                                          "[%(default)s]")
+    group.add_argument("--image-registry", default=configs.IMAGE_REGISTRY,
+                       help="registry the tlp-cpu/tlp-gpu images are pulled from "
+                            "[%(default)s]")
+    group.add_argument("--image-pull-policy", default=configs.IMAGE_PULL_POLICY,
+                       choices=("Always", "IfNotPresent", "Never"), help="[%(default)s]")
+    group.add_argument("--image-pull-secret", action="append", metavar="NAME",
+                       help="Secret with the registry's credentials; repeatable [none]")
+
+
+def _resource_defaults(index: int) -> str:
+    return ", ".join(f"{step}={values[index]}" for step, values in configs.STEP_RESOURCES.items())
 
 
 def build_parser() -> argparse.ArgumentParser:

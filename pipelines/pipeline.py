@@ -1,13 +1,97 @@
 """The pipeline: preprocess -> train -> fine_tune -> evaluate -> export (if accurate enough)."""
-from kfp import dsl
+import re
+from dataclasses import dataclass, field
+
+from kfp import dsl, kubernetes
 
 from components import configs, kfp_steps
+from components.errors import TlpError
+
+GPU_STEPS = ("train", "fine_tune")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# Kubernetes quantities, as kfp checks them (CPU: "2", "0.5", "500m"; memory: "16Gi").
+_CPU = re.compile(r"([0-9]*[.])?[0-9]+m?")
+_MEMORY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
 
 
-def create_pipeline(gpu_count: int = configs.GPU_COUNT,
-                    gpu_resource: str = configs.GPU_RESOURCE):
-    """Returns the pipeline. gpu_count GPUs of resource gpu_resource are requested for train
-    and fine_tune (0: none, as for local runs, where kfp.local ignores them anyway)."""
+def parse_toleration(text: str) -> dict:
+    """kubectl-taint syntax, KEY[=VALUE][:EFFECT], as kfp.kubernetes.add_toleration arguments:
+    without a value the toleration matches any (Exists), without an effect every effect."""
+    match = re.fullmatch(r"([^=:]+)(?:=([^:]*))?(?::(\w+))?", text)
+    if not match or (match[3] and match[3] not in TAINT_EFFECTS):
+        raise TlpError(f"toleration {text!r}: write KEY[=VALUE][:EFFECT], EFFECT one of "
+                       f"{', '.join(TAINT_EFFECTS)} (e.g. nvidia.com/gpu:NoSchedule).")
+    key, value, effect = match.groups()
+    return dict(key=key, operator="Exists" if value is None else "Equal", value=value,
+                effect=effect)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How the compiled pipeline runs on a Kubeflow cluster (kfp.local ignores all of it).
+
+    gpu_count GPUs of gpu_resource go to train and fine_tune, which then run in the GPU image,
+    on nodes with the gpu_node_selector labels, tolerating gpu_tolerations (KEY[=VALUE][:EFFECT]);
+    with gpu_count 0 they run in the CPU image anywhere. resources: step -> (CPU, memory)
+    requests. retries: attempts after a failure of train or fine_tune. Only preprocess is ever
+    cached (cache_preprocess); the other steps always run. Images come from image_registry.
+    """
+    gpu_count: int = configs.GPU_COUNT
+    gpu_resource: str = configs.GPU_RESOURCE
+    gpu_node_selector: dict[str, str] = field(
+        default_factory=lambda: dict(configs.GPU_NODE_SELECTOR))
+    gpu_tolerations: tuple[str, ...] = configs.GPU_TOLERATIONS
+    resources: dict[str, tuple[str, str]] = field(
+        default_factory=lambda: dict(configs.STEP_RESOURCES))
+    retries: int = configs.RETRIES
+    cache_preprocess: bool = True
+    image_pull_policy: str = configs.IMAGE_PULL_POLICY
+    image_pull_secrets: tuple[str, ...] = ()
+    image_registry: str = configs.IMAGE_REGISTRY
+
+    def __post_init__(self):
+        for text in self.gpu_tolerations:
+            parse_toleration(text)
+        if self.gpu_count < 0 or self.retries < 0:
+            raise TlpError("gpu count and retries must be 0 or more.")
+        if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+            raise TlpError(f"image pull policy {self.image_pull_policy!r}: choose Always, "
+                           "IfNotPresent or Never.")
+        for step, (cpu, memory) in self.resources.items():
+            if step not in configs.STEP_RESOURCES:
+                raise TlpError(f"resources for unknown step {step!r}; steps: "
+                               f"{', '.join(configs.STEP_RESOURCES)}.")
+            if not _CPU.fullmatch(cpu) or not _MEMORY.fullmatch(memory):
+                raise TlpError(f"{step}: CPU {cpu!r} / memory {memory!r} are not Kubernetes "
+                               "quantities (e.g. CPU 4 or 500m, memory 16Gi).")
+
+    def configure(self, task: dsl.PipelineTask, step: str) -> None:
+        """Applies these options to the task of the given step."""
+        gpu = step in GPU_STEPS and self.gpu_count > 0
+        name = configs.GPU_IMAGE_NAME if gpu else configs.CPU_IMAGE_NAME
+        task.set_container_image(configs.image(name, self.image_registry))
+        kubernetes.set_image_pull_policy(task, self.image_pull_policy)
+        if self.image_pull_secrets:
+            kubernetes.set_image_pull_secrets(task, list(self.image_pull_secrets))
+        cpu, memory = self.resources.get(step, configs.STEP_RESOURCES[step])
+        task.set_cpu_request(cpu).set_memory_request(memory)
+        # A cache hit is keyed on the parameters only: right for the preprocessed data of one
+        # data_dir, wrong for training (re-running it is the point) and for export.
+        task.set_caching_options(step == "preprocess" and self.cache_preprocess)
+        if step in GPU_STEPS and self.retries:
+            task.set_retry(self.retries, backoff_duration=configs.RETRY_BACKOFF,
+                           backoff_factor=configs.RETRY_BACKOFF_FACTOR,
+                           backoff_max_duration=configs.RETRY_BACKOFF_MAX)
+        if gpu:
+            task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(self.gpu_count)
+            for key, value in self.gpu_node_selector.items():
+                kubernetes.add_node_selector(task, key, value)
+            for text in self.gpu_tolerations:
+                kubernetes.add_toleration(task, **parse_toleration(text))
+
+
+def create_pipeline(cluster: ClusterOptions | None = None):
+    """Returns the pipeline; with cluster options for a cluster, without for kfp.local."""
 
     @dsl.pipeline(name=configs.PIPELINE_NAME,
                   description="Transfer-learning image classifier: preprocess, train a new head "
@@ -138,15 +222,16 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
             domain_similarity=domain_similarity,
             fine_tune_learning_rate=fine_tune_learning_rate, fine_tune_epochs=fine_tune_epochs,
             **fit_args)
-        for task in (train, tune):
-            if gpu_count:
-                task.set_accelerator_type(gpu_resource).set_accelerator_limit(gpu_count)
         evaluation = kfp_steps.evaluate(
             dataset=dataset, model=tune.outputs["model"],
             train_history=train.outputs["history"], fine_tune_history=tune.outputs["history"],
             batch_size=batch_size, min_test_accuracy=min_test_accuracy)
         with dsl.If(evaluation.outputs["Output"] == True,  # noqa: E712
                     name="accurate-enough"):
-            kfp_steps.export(dataset=dataset, model=tune.outputs["model"])
+            export = kfp_steps.export(dataset=dataset, model=tune.outputs["model"])
+        if cluster:
+            for step, task in (("preprocess", prep), ("train", train), ("fine_tune", tune),
+                               ("evaluate", evaluation), ("export", export)):
+                cluster.configure(task, step)
 
     return pipeline

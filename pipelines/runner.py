@@ -9,7 +9,7 @@ from pathlib import Path
 
 from components import configs
 from components.errors import TlpError
-from pipelines.pipeline import create_pipeline
+from pipelines.pipeline import ClusterOptions, create_pipeline
 
 
 @dataclass
@@ -39,7 +39,7 @@ def run_local(arguments: dict, pipeline_root: str | Path) -> LocalRun:
     earlier = set(root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     try:
-        create_pipeline(gpu_count=0)(**arguments)
+        create_pipeline()(**arguments)
     except RuntimeError as error:  # kfp.local's report of a failed task.
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
         raise TlpError(f"{message} Its log, with the cause, is above.") from error
@@ -51,20 +51,46 @@ def run_local(arguments: dict, pipeline_root: str | Path) -> LocalRun:
                     _single(run_dir, "**/export/exported_model"))
 
 
-def submit(arguments: dict, host: str, experiment: str, run_name: str | None,
-           namespace: str | None, pipeline_root: str | None, gpu_count: int,
-           gpu_resource: str, wait: bool, timeout_s: int) -> tuple[str, str | None]:
-    """Creates a run on a KFP endpoint; returns its URL and, with wait, its final state.
-    The token comes from KFP_TOKEN, else kfp.Client's in-cluster credentials."""
+def kfp_client(host: str, namespace: str | None):
+    """A client for the KFP API at host. Auth: the token in $KFP_TOKEN, else (inside a
+    cluster) the projected service-account token kfp reads, else none (a port-forward)."""
     import kfp
+    from kfp import client as kfp_client_module
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 
-    client = kfp.Client(host=host, namespace=namespace,
-                        existing_token=os.environ.get("KFP_TOKEN"))
-    run = client.create_run_from_pipeline_func(
-        create_pipeline(gpu_count, gpu_resource), arguments=arguments,
-        run_name=run_name or f"{configs.PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
-        experiment_name=experiment, namespace=namespace, pipeline_root=pipeline_root)
-    url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
-    if not wait:
-        return url, None
-    return url, client.wait_for_run_completion(run.run_id, timeout=timeout_s).state
+    token = os.environ.get("KFP_TOKEN")
+    token_file = os.environ.get(kfp_client_module.KF_PIPELINES_SA_TOKEN_ENV,
+                                kfp_client_module.KF_PIPELINES_SA_TOKEN_PATH)
+    in_cluster = not token and Path(token_file).is_file()
+    return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token,
+                      credentials=ServiceAccountTokenVolumeCredentials(token_file)
+                      if in_cluster else None)
+
+
+def submit(arguments: dict, host: str, cluster: ClusterOptions, experiment: str,
+           run_name: str | None = None, namespace: str | None = None,
+           pipeline_root: str | None = None, wait: bool = False,
+           timeout_s: float = 24 * 3600) -> tuple[str, str | None]:
+    """Compiles the pipeline with the cluster options and creates a run on the KFP endpoint;
+    returns the run's URL and, with wait, its final state (SUCCEEDED, FAILED, ...)."""
+    import kfp_server_api
+
+    client = kfp_client(host, namespace)
+    try:
+        run = client.create_run_from_pipeline_func(
+            create_pipeline(cluster), arguments=arguments,
+            run_name=run_name or f"{configs.PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
+            experiment_name=experiment, namespace=namespace, pipeline_root=pipeline_root)
+        url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+        if not wait:
+            return url, None
+        print(f"run: {url}\nwaiting for it to finish ...", flush=True)
+        final = client.wait_for_run_completion(run.run_id, timeout=timeout_s,
+                                               sleep_duration=configs.SUBMIT_POLL_SECONDS)
+    except kfp_server_api.ApiException as error:
+        raise TlpError(f"the KFP API at {host} answered {error.status} {error.reason}: "
+                       f"{(error.body or '').strip()[:500]}") from error
+    except TimeoutError as error:
+        raise TlpError(f"the run did not finish within {timeout_s:.0f} s (--timeout); it goes "
+                       f"on: {url}") from error
+    return url, final.state

@@ -52,7 +52,7 @@ def test_compile_writes_yaml_with_flag_defaults(tmp_path):
 
     out = tmp_path / "p.yaml"
     assert cli.main(["compile", "-o", str(out), "--epochs", "4", "--gpu-count", "0"]) == 0
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))  # Then the Kubernetes settings.
     assert spec["root"]["inputDefinitions"]["parameters"]["epochs"]["defaultValue"] == 4
     assert "accelerator" not in str(spec["deploymentSpec"])
 

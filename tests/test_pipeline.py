@@ -13,11 +13,12 @@ from pipelines.pipeline import create_pipeline
 STEPS = ["preprocess", "train", "fine-tune", "evaluate", "export"]
 
 
-def compile_spec(tmp_path, **kwargs) -> tuple[pipeline_spec_pb2.PipelineSpec,
-                                              pipeline_spec_pb2.PipelineDeploymentConfig]:
+def compile_spec(tmp_path, cluster=None) -> tuple[pipeline_spec_pb2.PipelineSpec,
+                                                  pipeline_spec_pb2.PipelineDeploymentConfig]:
     path = tmp_path / "pipeline.yaml"
-    compiler.Compiler().compile(create_pipeline(**kwargs), str(path))
-    spec = json_format.ParseDict(yaml.safe_load(path.read_text()),
+    compiler.Compiler().compile(create_pipeline(cluster), str(path))
+    # The first YAML document; a second one holds the Kubernetes settings (test_cluster.py).
+    spec = json_format.ParseDict(next(yaml.safe_load_all(path.read_text())),
                                  pipeline_spec_pb2.PipelineSpec())  # Strict: no unknown fields.
     deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
                                        pipeline_spec_pb2.PipelineDeploymentConfig())
@@ -52,24 +53,6 @@ def test_five_tasks_in_order_with_export_behind_the_gate(tmp_path):
     inputs = spec.root.input_definitions.parameters
     assert "data_dir" in inputs and not inputs["data_dir"].HasField("default_value")
     assert inputs["min_test_accuracy"].default_value.number_value == 0.5
-
-
-def test_gpu_requests_on_train_and_fine_tune_only(tmp_path):
-    spec, deployment = compile_spec(tmp_path, gpu_count=2, gpu_resource="nvidia.com/gpu")
-    for task in STEPS:
-        container = deployment.executors[f"exec-{task}"].container
-        if task in ("train", "fine-tune"):
-            assert container.resources.accelerator.resource_type == "nvidia.com/gpu"
-            assert container.resources.accelerator.resource_count == "2"
-            assert container.image.endswith("tlp-gpu:0.1.0")
-        else:
-            assert not container.resources.HasField("accelerator")
-            assert container.image.endswith("tlp-cpu:0.1.0")
-
-
-def test_no_gpu_request_when_gpu_count_is_zero(tmp_path):
-    _, deployment = compile_spec(tmp_path, gpu_count=0)
-    assert not deployment.executors["exec-train"].container.resources.HasField("accelerator")
 
 
 def test_local_run_produces_every_artifact(local_run):

@@ -1,0 +1,181 @@
+"""The cluster settings of the compiled pipeline, parsed strictly into the KFP protos:
+PipelineSpec (images, resources, caching, retries) and the kfp-kubernetes PlatformSpec
+(node selector, tolerations, image pull policy and secrets)."""
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp import compiler
+from kfp.kubernetes import kubernetes_executor_config_pb2
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from components import configs
+from pipelines import cli
+from pipelines.pipeline import ClusterOptions, create_pipeline
+
+# Step -> its executor in the compiled spec; train and fine_tune are the GPU steps.
+EXECUTORS = {"preprocess": "exec-preprocess", "train": "exec-train",
+             "fine_tune": "exec-fine-tune", "evaluate": "exec-evaluate",
+             "export": "exec-export"}
+GPU = ("train", "fine_tune")
+
+
+def parse(path):
+    """(PipelineSpec, {step: task spec}, {executor: KubernetesExecutorConfig}), all parsed
+    strictly: an unknown or misspelt field fails the test."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    tasks = dict(spec.root.dag.tasks)
+    for name in [n for n in tasks if n.startswith("condition")]:
+        tasks.update(spec.components[tasks.pop(name).component_ref.name].dag.tasks)
+    tasks = {step: tasks[executor.removeprefix("exec-")] for step, executor in EXECUTORS.items()}
+    kubernetes = {}
+    if len(docs) > 1:
+        platform = json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+        executors = platform.platforms["kubernetes"].deployment_spec.executors
+        kubernetes = {name: json_format.ParseDict(
+            json_format.MessageToDict(config),
+            kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+            for name, config in executors.items()}
+    return spec, tasks, kubernetes
+
+
+def compile_and_parse(tmp_path, cluster):
+    path = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(create_pipeline(cluster), str(path))
+    return parse(path)
+
+
+def test_every_cluster_setting_reaches_the_compiled_specs(tmp_path):
+    options = ClusterOptions(
+        gpu_count=2, gpu_resource="amd.com/gpu",
+        gpu_node_selector={"cloud.google.com/gke-nodepool": "gpu-pool"},
+        gpu_tolerations=("nvidia.com/gpu:NoSchedule", "pool=gpu:NoExecute", "dedicated"),
+        resources={**configs.STEP_RESOURCES, "train": ("8", "32Gi"),
+                   "preprocess": ("500m", "2Gi")},
+        retries=3, image_pull_policy="Always", image_pull_secrets=("regcred", "mirror"),
+        image_registry="registry.example.com:5000/ml/")
+    spec, tasks, kubernetes = compile_and_parse(tmp_path, options)
+    for step, executor in EXECUTORS.items():
+        container = spec.deployment_spec["executors"][executor]["container"]
+        resources = container["resources"]
+        image = "tlp-gpu" if step in GPU else "tlp-cpu"
+        assert container["image"] == f"registry.example.com:5000/ml/{image}:{configs.VERSION}"
+        assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) \
+            == options.resources[step]
+        if step in GPU:
+            assert resources["accelerator"]["resourceType"] == "amd.com/gpu"
+            assert resources["accelerator"]["resourceCount"] == "2"
+        else:
+            assert "accelerator" not in resources
+        task = tasks[step]
+        assert task.caching_options.enable_cache == (step == "preprocess")
+        if step in GPU:
+            assert json_format.MessageToDict(task.retry_policy) == {
+                "maxRetryCount": 3, "backoffDuration": configs.RETRY_BACKOFF,
+                "backoffFactor": configs.RETRY_BACKOFF_FACTOR,
+                "backoffMaxDuration": configs.RETRY_BACKOFF_MAX}
+        else:
+            assert not task.HasField("retry_policy")
+    # Golden: the whole Kubernetes part of the compiled pipeline, executor by executor.
+    pull = {"imagePullPolicy": "Always", "imagePullSecret": [
+        {"secretName": name, "secretNameParameter": {"runtimeValue": {"constant": name}}}
+        for name in ("regcred", "mirror")]}
+    gpu = {**pull, "nodeSelector": {"labels": {"cloud.google.com/gke-nodepool": "gpu-pool"}},
+           "tolerations": [
+               {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+               {"key": "pool", "operator": "Equal", "value": "gpu", "effect": "NoExecute"},
+               {"key": "dedicated", "operator": "Exists"}]}
+    assert {name: json_format.MessageToDict(config) for name, config in kubernetes.items()} \
+        == {executor: gpu if step in GPU else pull for step, executor in EXECUTORS.items()}
+
+
+def test_defaults_come_from_configs(tmp_path):
+    spec, tasks, kubernetes = compile_and_parse(tmp_path, ClusterOptions())
+    train = spec.deployment_spec["executors"]["exec-train"]["container"]
+    assert train["image"] == configs.GPU_IMAGE
+    assert train["resources"]["accelerator"]["resourceType"] == configs.GPU_RESOURCE
+    assert train["resources"]["accelerator"]["resourceCount"] == str(configs.GPU_COUNT)
+    assert spec.deployment_spec["executors"]["exec-evaluate"]["container"]["image"] \
+        == configs.CPU_IMAGE
+    assert tasks["train"].retry_policy.max_retry_count == configs.RETRIES
+    assert tasks["preprocess"].caching_options.enable_cache
+    train_k8s = kubernetes["exec-train"]
+    assert train_k8s.image_pull_policy == configs.IMAGE_PULL_POLICY
+    assert not train_k8s.image_pull_secret and not train_k8s.node_selector.labels
+    assert [(t.key, t.operator, t.effect) for t in train_k8s.tolerations] \
+        == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    assert not kubernetes["exec-preprocess"].tolerations
+
+
+def test_without_gpus_training_runs_in_the_cpu_image_on_any_node(tmp_path):
+    spec, tasks, kubernetes = compile_and_parse(
+        tmp_path, ClusterOptions(gpu_count=0, gpu_node_selector={"pool": "gpu"},
+                                 cache_preprocess=False))
+    for step in GPU:
+        container = spec.deployment_spec["executors"][EXECUTORS[step]]["container"]
+        assert "accelerator" not in container["resources"]
+        assert container["image"] == configs.CPU_IMAGE
+        config = kubernetes[EXECUTORS[step]]
+        assert not config.node_selector.labels and not config.tolerations
+        assert tasks[step].retry_policy.max_retry_count == configs.RETRIES
+    assert not any(task.caching_options.enable_cache for task in tasks.values())
+
+
+def test_the_local_pipeline_carries_no_cluster_settings(tmp_path):
+    spec, tasks, kubernetes = compile_and_parse(tmp_path, None)
+    assert kubernetes == {}
+    assert "accelerator" not in str(spec.deployment_spec)
+    assert not any(task.HasField("retry_policy") for task in tasks.values())
+
+
+def test_compile_flags_set_the_cluster_settings(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert cli.main([
+        "compile", "-o", str(out), "--gpu-count", "4", "--gpu-node-selector", "pool=a100",
+        "--gpu-node-selector", "zone=b", "--gpu-toleration", "pool=a100:NoSchedule",
+        "--cpu-request", "train=16", "--memory-request", "fine_tune=64Gi",
+        "--memory-request", "evaluate=12Gi", "--retries", "0", "--no-cache-preprocess",
+        "--image-registry", "eu.gcr.io/acme", "--image-pull-policy", "Always",
+        "--image-pull-secret", "gcr", "--epochs", "3"]) == 0
+    spec, tasks, kubernetes = parse(out)
+    executors = spec.deployment_spec["executors"]
+    train, tune = (executors[EXECUTORS[s]]["container"] for s in GPU)
+    assert train["image"] == f"eu.gcr.io/acme/tlp-gpu:{configs.VERSION}"
+    assert train["resources"]["resourceCpuRequest"] == "16"
+    assert train["resources"]["resourceMemoryRequest"] == configs.STEP_RESOURCES["train"][1]
+    assert tune["resources"]["resourceMemoryRequest"] == "64Gi"
+    assert tune["resources"]["accelerator"]["resourceCount"] == "4"
+    assert executors["exec-evaluate"]["container"]["resources"]["resourceMemoryRequest"] \
+        == "12Gi"
+    assert not any(t.HasField("retry_policy") or t.caching_options.enable_cache
+                   for t in tasks.values())
+    config = kubernetes["exec-fine-tune"]
+    assert dict(config.node_selector.labels) == {"pool": "a100", "zone": "b"}
+    assert [(t.key, t.operator, t.value, t.effect) for t in config.tolerations] \
+        == [("pool", "Equal", "a100", "NoSchedule")]
+    assert config.image_pull_policy == "Always"
+    assert [s.secret_name for s in kubernetes["exec-export"].image_pull_secret] == ["gcr"]
+    assert spec.root.input_definitions.parameters["epochs"].default_value.number_value == 3
+
+
+def test_no_toleration_when_asked(tmp_path):
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), "--gpu-toleration", "none"]) == 0
+    assert not parse(out)[2]["exec-train"].tolerations
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--gpu-toleration", "nvidia.com/gpu:NoScheduling"],
+     "toleration 'nvidia.com/gpu:NoScheduling': write KEY[=VALUE][:EFFECT]"),
+    (["--gpu-node-selector", "pool"], "--gpu-node-selector 'pool': write KEY=VALUE"),
+    (["--cpu-request", "training=4"], "--cpu-request/--memory-request for unknown step(s) "
+                                      "training"),
+    (["--memory-request", "train=16GB"], "train: CPU '4' / memory '16GB' are not Kubernetes "
+                                         "quantities"),
+    (["--retries", "-1"], "gpu count and retries must be 0 or more"),
+])
+def test_bad_cluster_flags_stop_with_one_message(tmp_path, capsys, argv, message):
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
