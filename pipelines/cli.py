@@ -165,10 +165,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from pipelines import runner
 
     arguments = pipeline_arguments(args, local=False)
-    url, state = runner.submit(arguments, args.host, cluster_options(args), args.experiment,
-                               args.run_name, args.namespace, args.pipeline_root, args.wait,
-                               args.timeout)
-    print(f"run: {url}")
+    _, state = runner.submit(arguments, args.host, cluster_options(args), args.experiment,
+                             args.run_name, args.namespace, args.pipeline_root, args.wait,
+                             args.timeout)
     if state is not None:
         print(f"final state: {state}")
         return 0 if state == "SUCCEEDED" else 1

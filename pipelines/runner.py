@@ -62,9 +62,11 @@ def kfp_client(host: str, namespace: str | None):
     token_file = os.environ.get(kfp_client_module.KF_PIPELINES_SA_TOKEN_ENV,
                                 kfp_client_module.KF_PIPELINES_SA_TOKEN_PATH)
     in_cluster = not token and Path(token_file).is_file()
-    return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token,
-                      credentials=ServiceAccountTokenVolumeCredentials(token_file)
-                      if in_cluster else None)
+    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": we know.
+        warnings.simplefilter("ignore", FutureWarning)
+        return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token,
+                          credentials=ServiceAccountTokenVolumeCredentials(token_file)
+                          if in_cluster else None)
 
 
 def submit(arguments: dict, host: str, cluster: ClusterOptions, experiment: str,
@@ -74,22 +76,28 @@ def submit(arguments: dict, host: str, cluster: ClusterOptions, experiment: str,
     """Compiles the pipeline with the cluster options and creates a run on the KFP endpoint;
     returns the run's URL and, with wait, its final state (SUCCEEDED, FAILED, ...)."""
     import kfp_server_api
+    import urllib3
 
-    client = kfp_client(host, namespace)
+    url = None
     try:
+        client = kfp_client(host, namespace)
         run = client.create_run_from_pipeline_func(
             create_pipeline(cluster), arguments=arguments,
             run_name=run_name or f"{configs.PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
             experiment_name=experiment, namespace=namespace, pipeline_root=pipeline_root)
         url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+        print(f"run: {url}", flush=True)
         if not wait:
             return url, None
-        print(f"run: {url}\nwaiting for it to finish ...", flush=True)
         final = client.wait_for_run_completion(run.run_id, timeout=timeout_s,
                                                sleep_duration=configs.SUBMIT_POLL_SECONDS)
     except kfp_server_api.ApiException as error:
         raise TlpError(f"the KFP API at {host} answered {error.status} {error.reason}: "
                        f"{(error.body or '').strip()[:500]}") from error
+    except urllib3.exceptions.HTTPError as error:
+        raise TlpError(f"cannot reach the KFP API at {host} ({error}); check --host "
+                       "(e.g. a port-forward: kubectl port-forward svc/ml-pipeline-ui 8080:80 "
+                       "-n kubeflow, then --host http://localhost:8080).") from error
     except TimeoutError as error:
         raise TlpError(f"the run did not finish within {timeout_s:.0f} s (--timeout); it goes "
                        f"on: {url}") from error
