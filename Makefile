@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test weights clean
+.PHONY: demo test weights images clean
 
 demo: $(INSTALLED) weights
 	$(BIN)/tlp run --local --demo
@@ -17,6 +17,21 @@ test: $(INSTALLED)
 # Derives the offline ImageNet MobileNetV2 weights the demo uses (cached, checksummed).
 weights: $(INSTALLED)
 	$(BIN)/tlp demo-weights
+
+# The CPU and GPU images the steps run in, tagged as components/configs.py names them
+# (override IMAGE_REGISTRY to push elsewhere, the base images to build from local ones).
+DOCKER ?= docker
+CPU_BASE_IMAGE ?= python:3.11.11-slim-bookworm
+GPU_BASE_IMAGE ?= tensorflow/tensorflow:2.21.0-gpu
+DOCKER_BUILD_FLAGS ?=
+IMAGE_REGISTRY ?= $(shell $(PYTHON) -c 'from components import configs; print(configs.IMAGE_REGISTRY)')
+image = $(shell $(PYTHON) -c 'from components import configs as c; print(c.image(c.$(1)_IMAGE_NAME, "$(IMAGE_REGISTRY)"))')
+
+images:
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) \
+		-t $(call image,CPU) .
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) \
+		--build-arg TENSORFLOW_FROM_BASE=true -t $(call image,GPU) .
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
