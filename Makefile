@@ -24,14 +24,15 @@ DOCKER ?= docker
 CPU_BASE_IMAGE ?= python:3.11.11-slim-bookworm
 GPU_BASE_IMAGE ?= tensorflow/tensorflow:2.21.0-gpu
 DOCKER_BUILD_FLAGS ?=
-IMAGE_REGISTRY ?= $(shell $(PYTHON) -c 'from components import configs; print(configs.IMAGE_REGISTRY)')
-image = $(shell $(PYTHON) -c 'from components import configs as c; print(c.image(c.$(1)_IMAGE_NAME, "$(IMAGE_REGISTRY)"))')
+CONFIGS := from components import configs as c
+IMAGE_REGISTRY ?= $(shell $(PYTHON) -c '$(CONFIGS); print(c.IMAGE_REGISTRY)')
+image = $(shell $(PYTHON) -c '$(CONFIGS); print(c.image(c.$(1)_IMAGE_NAME, "$(IMAGE_REGISTRY)"))')
+BUILD := $(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile
 
 images:
-	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) \
-		-t $(call image,CPU) .
-	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) \
-		--build-arg TENSORFLOW_FROM_BASE=true -t $(call image,GPU) .
+	$(BUILD) --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) -t $(call image,CPU) .
+	$(BUILD) --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) --build-arg TENSORFLOW_FROM_BASE=true \
+		-t $(call image,GPU) .
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
