@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from components import evaluation
+
+CLASSES = ["cat", "dog", "fox"]
+# True labels and predictions chosen so the confusion matrix is
+#   [[2, 1, 0],
+#    [0, 3, 0],
+#    [1, 0, 1]]
+LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+PREDICTED = np.array([0, 0, 1, 1, 1, 1, 0, 2])
+
+
+def _probs(predicted):
+    """0.7 on the predicted class, 0.2 on the class before it (cyclically), 0.1 on the other."""
+    rows = np.arange(len(predicted))
+    probs = np.full((len(predicted), 3), 0.1)
+    probs[rows, predicted] = 0.7
+    probs[rows, (predicted - 1) % 3] = 0.2
+    return probs
+
+
+def test_metrics_on_a_hand_checkable_example():
+    result = evaluation.compute_metrics(LABELS, _probs(PREDICTED), CLASSES, top_k=2)
+    assert result["confusion_matrix"] == [[2, 1, 0], [0, 3, 0], [1, 0, 1]]
+    assert result["accuracy"] == pytest.approx(6 / 8)
+    cat, dog, fox = (result["per_class"][name] for name in CLASSES)
+    assert (cat["precision"], cat["recall"], cat["support"]) == (pytest.approx(2 / 3),
+                                                                 pytest.approx(2 / 3), 3)
+    assert (dog["precision"], dog["recall"]) == (pytest.approx(3 / 4), 1.0)
+    assert (fox["precision"], fox["recall"], fox["f1"]) == (1.0, 0.5, pytest.approx(2 / 3))
+    assert result["macro_avg"]["recall"] == pytest.approx((2 / 3 + 1 + 0.5) / 3)
+    assert result["weighted_avg"]["recall"] == pytest.approx(6 / 8)  # Weighted recall = acc.
+    # The 2 wrong rows (true cat as dog, true fox as cat) give the true class 0.2, second.
+    assert result["loss"] == pytest.approx(-(6 * np.log(0.7) + 2 * np.log(0.2)) / 8)
+    assert result["top_k"] == 2 and result["top_k_accuracy"] == 1.0
+    # All confidences are 0.7 and accuracy is 0.75: one bin, a gap of 0.05.
+    assert result["expected_calibration_error"] == pytest.approx(0.05)
+    assert "roc_auc" not in result
+
+
+def test_top_k_is_capped_at_the_number_of_classes():
+    result = evaluation.compute_metrics(LABELS, _probs(PREDICTED), CLASSES, top_k=5)
+    assert result["top_k"] == 3 and result["top_k_accuracy"] == 1.0
+
+
+def test_binary_roc_and_pr_curves():
+    labels = np.array([0, 0, 1, 1])
+    positive = np.array([0.1, 0.4, 0.35, 0.8])  # The classic sklearn example: AUC 0.75.
+    result = evaluation.compute_metrics(labels, np.stack([1 - positive, positive], axis=1),
+                                        ["no", "yes"])
+    assert result["roc_auc"] == pytest.approx(0.75)
+    assert result["pr_auc"] == pytest.approx(0.8333, abs=1e-4)
+    roc = result["roc"]
+    assert roc["fpr"][0] == 0 and roc["fpr"][-1] == 1 and roc["tpr"][-1] == 1
+    assert max(roc["thresholds"]) <= 1  # No +inf: KFP and JSON must hold it.
+    assert result["top_k"] == 2 and result["top_k_accuracy"] == 1.0
+
+
+def test_calibration_error_of_a_perfectly_calibrated_model_is_zero():
+    labels = np.array([0, 0, 0, 0, 1])  # Confidence 0.8 on class 0, right 4 times in 5.
+    probs = np.tile([0.8, 0.2], (5, 1))
+    assert evaluation.expected_calibration_error(labels, probs) == pytest.approx(0)
+
+
+@pytest.mark.parametrize("accuracy, baseline, approved, reason", [
+    (0.60, None, True, "reaches min_test_accuracy 0.5; no baseline"),
+    (0.40, None, False, "below min_test_accuracy 0.5"),
+    (0.40, 0.30, False, "below min_test_accuracy 0.5"),
+    (0.80, 0.82, True, "within baseline_tolerance 0.05"),
+    (0.80, 0.90, False, "worse than the baseline's 0.9000 by more than baseline_tolerance"),
+    (0.95, 0.90, True, "within baseline_tolerance 0.05"),
+])
+def test_gate_in_each_direction(accuracy, baseline, approved, reason):
+    decision, why = evaluation.gate(accuracy, 0.5, baseline, tolerance=0.05)
+    assert decision is approved and reason in why
