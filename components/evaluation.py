@@ -225,3 +225,26 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><b
 {wrong}
 </body></html>
 """
+
+
+def evaluate(model_path: str, dataset_dir: str, batch_size: int, top_k: int,
+             min_accuracy: float, baseline_model: str = "",
+             baseline_tolerance: float = 0.0) -> tuple[dict, Predictions]:
+    """The evaluate step's work: metrics on the test split and the gate's decision, compared
+    with the baseline model on the same split when one is given."""
+    class_names = tfrecords.read_metadata(dataset_dir)["class_names"]
+    predictions = predict_split(keras.models.load_model(model_path), dataset_dir, "test",
+                                batch_size)
+    result = compute_metrics(predictions.labels, predictions.probs, class_names, top_k)
+    baseline_accuracy = None
+    if baseline_model:
+        baseline = predict_split(load_baseline(baseline_model), dataset_dir, "test",
+                                 batch_size, keep_wrong=0)
+        baseline_accuracy = float(skm.accuracy_score(baseline.labels,
+                                                     baseline.probs.argmax(axis=1)))
+    approved, reason = gate(result["accuracy"], min_accuracy, baseline_accuracy,
+                            baseline_tolerance)
+    result["gate"] = {"approved": approved, "reason": reason, "min_test_accuracy": min_accuracy,
+                      "baseline_model": baseline_model, "baseline_accuracy": baseline_accuracy,
+                      "baseline_tolerance": baseline_tolerance}
+    return result, predictions

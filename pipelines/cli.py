@@ -98,14 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = runner.run_local(arguments, args.pipeline_root)
     accuracy = result.evaluation["accuracy"]
     print(f"\nPipeline finished in {time.monotonic() - started:.0f} s: {result.run_dir}")
-    print(f"  test accuracy: {accuracy:.4f} (test loss {result.evaluation['test_loss']:.4f})")
+    print(f"  test accuracy: {accuracy:.4f} (test loss {result.evaluation['loss']:.4f})")
     print(f"  report:        {result.report}")
     if result.exported_model:
         print(f"  model:         {result.exported_model}")
         print(f"  try it:        tlp predict {result.exported_model} IMAGE...")
     else:
-        print(f"  model:         not exported: test accuracy {accuracy:.4f} is below "
-              f"min_test_accuracy {arguments['min_test_accuracy']}")
+        print(f"  model:         not exported: {result.evaluation['gate']['reason']}")
     return 0
 
 

@@ -39,6 +39,10 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         target_accuracy: float = configs.TARGET_ACCURACY,
         cache_budget_mb: int = configs.CACHE_BUDGET_MB,
         min_test_accuracy: float = configs.MIN_TEST_ACCURACY,
+        top_k: int = configs.TOP_K,
+        baseline_model: str = configs.BASELINE_MODEL,
+        baseline_tolerance: float = configs.BASELINE_TOLERANCE,
+        export_destination: str = configs.EXPORT_DESTINATION,
     ):
         """Transfer-learning image classifier.
 
@@ -69,6 +73,10 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
             target_accuracy: Stop a phase once val_accuracy reaches this.
             cache_budget_mb: Cache decoded images in memory when a split fits this many MB.
             min_test_accuracy: Export the model only if its test accuracy reaches this.
+            top_k: Report top-k accuracy for this k.
+            baseline_model: A .keras file or export folder to beat on the test split (empty: none).
+            baseline_tolerance: Largest test accuracy drop below the baseline still exported.
+            export_destination: Local folder for a new numbered model version (empty: none).
         """
         fit_args = dict(batch_size=batch_size, early_stopping_patience=early_stopping_patience,
                         reduce_lr_patience=reduce_lr_patience, target_accuracy=target_accuracy,
@@ -94,9 +102,10 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
         evaluation = kfp_steps.evaluate(
             dataset=dataset, model=tune.outputs["model"],
             train_history=train.outputs["history"], fine_tune_history=tune.outputs["history"],
-            batch_size=batch_size, min_test_accuracy=min_test_accuracy)
+            batch_size=batch_size, top_k=top_k, min_test_accuracy=min_test_accuracy,
+            baseline_model=baseline_model, baseline_tolerance=baseline_tolerance)
         with dsl.If(evaluation.outputs["Output"] == True,  # noqa: E712
-                    name="accurate-enough"):
+                    name="export-approved"):
             kfp_steps.export(dataset=dataset, model=tune.outputs["model"])
 
     return pipeline

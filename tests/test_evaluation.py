@@ -75,3 +75,25 @@ def test_calibration_error_of_a_perfectly_calibrated_model_is_zero():
 def test_gate_in_each_direction(accuracy, baseline, approved, reason):
     decision, why = evaluation.gate(accuracy, 0.5, baseline, tolerance=0.05)
     assert decision is approved and reason in why
+
+
+def test_report_holds_curves_heatmap_table_and_wrong_images():
+    probs = _probs(PREDICTED)
+    images = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    predictions = evaluation.Predictions(LABELS, probs, [(2, images[0]), (6, images[1])])
+    result = evaluation.compute_metrics(LABELS, probs, CLASSES)
+    result["gate"] = {"approved": False, "reason": "test accuracy 0.75 is below 0.8"}
+    train = {"epoch": [1, 2], "loss": [1.0, 0.8], "val_loss": [1.1, 0.9],
+             "accuracy": [0.5, 0.6], "val_accuracy": [0.4, 0.5], "learning_rate": [1e-3, 1e-3]}
+    tune = {"epoch": [3], "loss": [0.7], "val_loss": [0.8], "accuracy": [0.7],
+            "val_accuracy": [0.6], "learning_rate": [1e-5]}
+    report = evaluation.render_report(result, predictions, CLASSES, train, tune)
+    images = {alt: report.count(f'<img alt="{alt}" src="data:image/png;base64,')
+              for alt in ("training curves", "confusion matrix",
+                          "most confidently wrong test images")}
+    assert images == {"training curves": 1, "confusion matrix": 1,
+                      "most confidently wrong test images": 1}
+    assert "<td>fox</td><td>1.000</td><td>0.500</td><td>0.667</td><td>2</td>" in report
+    assert "<td>macro avg</td>" in report and "<td>weighted avg</td>" in report
+    assert "held back</b>:\ntest accuracy 0.75 is below 0.8" in report
+    assert "src=\"http" not in report  # Self-contained.

@@ -93,12 +93,16 @@ def test_local_run_produces_every_artifact(local_run):
     history = json.loads(one("**/fine-tune/history").read_text())
     assert history["epoch"] == [2]
     evaluation = local_run.evaluation
-    assert 0 <= evaluation["accuracy"] <= 1 and math.isfinite(evaluation["test_loss"])
+    assert 0 <= evaluation["accuracy"] <= 1 and math.isfinite(evaluation["loss"])
     matrix = evaluation["confusion_matrix"]
     assert sum(map(sum, matrix)) == metadata["num_examples"]["test"]
-    assert evaluation["export_approved"] is True
+    assert evaluation["gate"]["approved"] is True
+    assert "no baseline" in evaluation["gate"]["reason"]
+    assert evaluation["top_k"] == 2 and "expected_calibration_error" in evaluation
     report = local_run.report.read_text()
-    assert "data:image/png;base64," in report and "Confusion matrix" in report
+    for part in ('alt="training curves"', 'alt="confusion matrix"', "macro avg",
+                 "weighted avg", "Most confidently wrong"):
+        assert part in report
     model = local_run.exported_model
     assert (model / "saved_model" / "saved_model.pb").is_file()
     assert (model / "model.keras").is_file()
