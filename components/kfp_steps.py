@@ -114,9 +114,18 @@ def evaluate(dataset: Input[Dataset], model: Input[Model], train_history: Input[
 
 
 @cpu_component
-def export(dataset: Input[Dataset], model: Input[Model], exported_model: Output[Model]):
-    """SavedModel serving encoded image bytes, the .keras model and labels, verified."""
-    from components import export as lib
+def export(dataset: Input[Dataset], model: Input[Model], evaluation: Input[Artifact],
+           train_history: Input[Artifact], fine_tune_history: Input[Artifact], backbone: str,
+           export_destination: str, exported_model: Output[Model]):
+    """SavedModel (image bytes and image signatures), .keras model, labels, TFLite models
+    and a model card, all verified; a new numbered version under export_destination."""
+    import json
 
-    difference = lib.export(model.path, dataset.path, exported_model.path)
-    exported_model.metadata["max_saved_model_difference"] = difference
+    from components import export as lib, training
+
+    summary = lib.export(model.path, dataset.path, exported_model.path, backbone,
+                         json.loads(open(evaluation.path).read()),
+                         {"train": training.load_history(train_history.path),
+                          "fine_tune": training.load_history(fine_tune_history.path)},
+                         export_destination)
+    exported_model.metadata.update(summary)

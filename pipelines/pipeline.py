@@ -106,6 +106,10 @@ def create_pipeline(gpu_count: int = configs.GPU_COUNT,
             baseline_model=baseline_model, baseline_tolerance=baseline_tolerance)
         with dsl.If(evaluation.outputs["Output"] == True,  # noqa: E712
                     name="export-approved"):
-            kfp_steps.export(dataset=dataset, model=tune.outputs["model"])
+            kfp_steps.export(dataset=dataset, model=tune.outputs["model"],
+                             evaluation=evaluation.outputs["evaluation"],
+                             train_history=train.outputs["history"],
+                             fine_tune_history=tune.outputs["history"], backbone=backbone,
+                             export_destination=export_destination)
 
     return pipeline

@@ -1,4 +1,6 @@
 import io
+import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -10,20 +12,33 @@ from components.errors import TlpError
 from conftest import make_image
 
 
+def small_model() -> keras.Model:
+    """A small untrained 3-class CNN whose outputs depend on the image (a MobileNetV2 with
+    random weights outputs the same for every image, which would make agreement trivial).
+    Its convolution has enough weights (> 1024) for TFLite's dynamic-range quantization."""
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
+        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, activation="softmax", name="classifier")])
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A 3-class model exported by the export step (weights none: only shapes matter)."""
-    from components import model as model_lib, preprocess
-
-    base = tmp_path_factory.mktemp("export")
+    """A 3-class model exported by the export step, published to a destination folder."""
+    from components import preprocess
     from conftest import make_image_folder
 
-    data = make_image_folder(base / "images", {"red": 5, "green": 5, "blue": 5})
-    preprocess.run(str(data), str(base / "ds"), str(base / "m.parquet"), 32, 0.6, 0.2, 0.2, 1)
-    model = model_lib.build_model(3, "MobileNetV2", 32, "none")
+    base = tmp_path_factory.mktemp("export")
+    data = make_image_folder(base / "images", {"red": 10, "green": 10, "blue": 10})
+    preprocess.run(str(data), str(base / "ds"), str(base / "m.parquet"), 32, 0.4, 0.1, 0.5, 1)
+    model = small_model()
     model.save(base / "model.keras")
-    export.export(str(base / "model.keras"), str(base / "ds"), str(base / "out"))
-    return base / "out", model
+    summary = export.export(str(base / "model.keras"), str(base / "ds"), str(base / "out"),
+                            "SmallCNN", {"accuracy": 0.5, "loss": 1.0},
+                            {"train": {"epoch": [1, 2], "learning_rate": [1e-3, 2e-4]}},
+                            destination=str(base / "served"))
+    return base / "out", model, summary
 
 
 def _encoded(fmt: str, size: tuple[int, int]) -> bytes:
@@ -33,31 +48,75 @@ def _encoded(fmt: str, size: tuple[int, int]) -> bytes:
 
 
 def test_export_writes_saved_model_keras_model_and_labels(exported):
-    out, _ = exported
+    out, _, _ = exported
     assert (out / "saved_model" / "saved_model.pb").is_file()
     assert (out / "model.keras").is_file()
     assert (out / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["model"]["backbone"] == "SmallCNN" and card["model"]["parameters"] == 1987
+    assert card["data"]["class_names"] == ["blue", "green", "red"]
+    assert card["data"]["examples_per_split"]["test"] == 15
+    assert card["training"]["train"] == {"epochs": 2, "learning_rates": [2e-4, 1e-3]}
+    assert card["test_metrics"] == {"accuracy": 0.5, "loss": 1.0}
+    assert card["versions"]["tensorflow"] == tf.__version__
 
 
 @pytest.mark.parametrize("fmt, size", [("JPEG", (32, 32)), ("JPEG", (300, 200)),
                                        ("PNG", (17, 61)), ("PNG", (640, 480))])
 def test_signature_accepts_jpeg_and_png_of_any_size(exported, fmt, size):
-    out, model = exported
-    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
-    result = serve(image_bytes=tf.constant([_encoded(fmt, size), _encoded(fmt, size)]))
+    out, model, _ = exported
+    signatures = tf.saved_model.load(str(out / "saved_model")).signatures
+    result = signatures["serving_default"](
+        image_bytes=tf.constant([_encoded(fmt, size), _encoded(fmt, size)]))
     probs = result["probabilities"].numpy()
     assert probs.shape == (2, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
     assert result["class_names"].numpy()[0].tolist() == [b"blue", b"green", b"red"]
+    top = int(probs[0].argmax())
+    assert result["top_class"].numpy().tolist() == [top, top]
+    assert result["top_class_name"].numpy()[0] == [b"blue", b"green", b"red"][top]
     resized = export.decode_and_resize(tf.constant(_encoded(fmt, size)), 32)[None]
     np.testing.assert_allclose(probs[0], keras.ops.convert_to_numpy(model(resized))[0],
                                atol=1e-5)
+    from_images = signatures["serving_images"](images=resized)
+    np.testing.assert_allclose(from_images["probabilities"].numpy()[0], probs[0], atol=1e-5)
+    assert from_images["top_class"].numpy()[0] == top
+
+
+def test_tflite_models_agree_with_keras_and_quantized_is_smaller(exported):
+    out, _, summary = exported
+    plain, quantized = (summary["tflite"][name]
+                        for name in ("model.tflite", "model_quantized.tflite"))
+    assert plain["test_images"] == 15
+    assert plain["top1_agreement"] == 1 and plain["max_probability_difference"] < 1e-4
+    assert quantized["top1_agreement"] >= 0.9
+    assert quantized["size_bytes"] < plain["size_bytes"]
+    assert plain["size_bytes"] == (out / "model.tflite").stat().st_size
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["tflite"] == summary["tflite"]
+
+
+def test_versions_are_numbered_and_never_overwritten(exported, tmp_path):
+    out, _, summary = exported
+    first = Path(summary["published"])
+    assert first.name == "1" and (first / "saved_model.pb").is_file()
+    assert (first / "model.tflite").is_file() and (first / "labels.txt").is_file()
+    destination = tmp_path / "served"
+    (destination / "3").mkdir(parents=True)
+    (destination / "3" / "keep.txt").write_text("older version")
+    (destination / "notes").mkdir()
+    assert export.publish(out, destination) == destination / "4"
+    assert export.publish(out, destination) == destination / "5"
+    assert (destination / "3" / "keep.txt").read_text() == "older version"
+    assert sorted(p.name for p in destination.iterdir()) == ["3", "4", "5", "notes"]
+    with pytest.raises(TlpError, match="only local folders"):
+        export.publish(out, "gs://bucket/models")
 
 
 def test_verification_catches_a_model_that_disagrees(exported, tmp_path):
     from components import model as model_lib
 
-    out, _ = exported
+    out, _, _ = exported
     other = model_lib.build_model(3, "MobileNetV2", 32, "none")
     rng = np.random.default_rng(0)
     other.get_layer("classifier").set_weights(
@@ -67,7 +126,7 @@ def test_verification_catches_a_model_that_disagrees(exported, tmp_path):
 
 
 def test_predict_files_ranks_classes(exported, tmp_path):
-    out, _ = exported
+    out, _, _ = exported
     image = tmp_path / "x.png"
     image.write_bytes(_encoded("PNG", (50, 50)))
     [top] = predict.predict_files(out, [image], top_k=2)

@@ -107,3 +107,9 @@ def test_local_run_produces_every_artifact(local_run):
     assert (model / "saved_model" / "saved_model.pb").is_file()
     assert (model / "model.keras").is_file()
     assert (model / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    card = json.loads((model / "model_card.json").read_text())
+    assert card["model"]["backbone"] == "MobileNetV2"
+    assert card["test_metrics"]["accuracy"] == evaluation["accuracy"]
+    assert card["training"]["fine_tune"]["epochs"] == 1
+    assert card["tflite"]["model.tflite"]["top1_agreement"] == 1
+    assert (model / "model_quantized.tflite").is_file()
