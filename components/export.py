@@ -64,12 +64,16 @@ def export_tflite(saved_model_dir: str | Path, path: str | Path, quantize: bool)
     return Path(path).stat().st_size
 
 
-def tflite_probabilities(tflite_path: str | Path, images: np.ndarray) -> np.ndarray:
-    """Runs the TFLite model's images signature one image at a time (its batch size is 1)."""
+def tflite_runner(tflite_path: str | Path):
+    """The TFLite model's images signature, ready to call with images=[1, size, size, 3]."""
     with warnings.catch_warnings():  # Deprecated for ai_edge_litert, still in TF 2.21.
         warnings.simplefilter("ignore", UserWarning)
         interpreter = tf.lite.Interpreter(model_path=str(tflite_path))
-    runner = interpreter.get_signature_runner(configs.SERVING_IMAGES_SIGNATURE)
+    return interpreter.get_signature_runner(configs.SERVING_IMAGES_SIGNATURE)
+
+
+def tflite_probabilities(runner, images: np.ndarray) -> np.ndarray:
+    """Runs a tflite_runner one image at a time (the converted batch size is 1)."""
     return np.concatenate([runner(images=image[None])["probabilities"] for image in images])
 
 
@@ -80,7 +84,7 @@ def tflite_agreement(model: keras.Model, tflite_path: str | Path,
     _, images = test_images(dataset_dir, limit=-1)
     expected = keras.ops.convert_to_numpy(
         model_lib.probabilities(model.predict(images, verbose=0)))
-    served = tflite_probabilities(tflite_path, images)
+    served = tflite_probabilities(tflite_runner(tflite_path), images)
     return {"top1_agreement": float((served.argmax(1) == expected.argmax(1)).mean()),
             "max_probability_difference": float(np.abs(served - expected).max()),
             "size_bytes": Path(tflite_path).stat().st_size, "test_images": len(images)}

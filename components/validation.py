@@ -19,7 +19,7 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                                params["test_ratio"])
     for name, minimum in (("epochs", 1), ("fine_tune_epochs", 0), ("batch_size", 1),
                           ("fine_tune_layers", 0), ("early_stopping_patience", 0),
-                          ("reduce_lr_patience", 0), ("cache_budget_mb", 0)):
+                          ("reduce_lr_patience", 0), ("cache_budget_mb", 0), ("top_k", 1)):
         _at_least(params, name, minimum)
     if params["pooling"] not in model_lib.POOLING_MODES:
         raise TlpError(f"pooling={params['pooling']!r}; choose one of "
@@ -29,6 +29,11 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                        f"{', '.join(model_lib.FLIP_MODES)}.")
     if not 0 <= params["dropout"] < 1:
         raise TlpError(f"dropout={params['dropout']} must be in [0, 1).")
+    if params["baseline_tolerance"] < 0:
+        raise TlpError(f"baseline_tolerance={params['baseline_tolerance']} must be >= 0.")
+    if "://" in params["export_destination"]:
+        raise TlpError(f"export_destination={params['export_destination']}: only local "
+                       "folders are supported for now, not gs:// or s3://.")
     if require_data_dir and not params.get("data_dir"):
         raise TlpError("data_dir is required: a folder with one sub-folder of images per class.")
     weights = params["weights"]
@@ -38,3 +43,7 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                 and not Path(weights).is_file():
             raise TlpError(f"weights file {weights} does not exist: pass weights=imagenet, "
                            "weights=none or the path of a weights file.")
+        baseline = params["baseline_model"]
+        if baseline and not Path(baseline).exists():
+            raise TlpError(f"baseline_model {baseline} does not exist: pass a .keras file or "
+                           "an export folder, or leave it empty.")

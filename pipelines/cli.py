@@ -141,10 +141,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from components.predict import predict_files
+    from components import predict
 
-    for path, top in zip(args.images, predict_files(args.model, args.images, args.top_k)):
-        print(f"{path}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
+    results = predict.predict_files(args.model, args.images, args.top_k)
+    print(predict.format_table(results))
+    if args.csv:
+        predict.write_csv(results, args.csv)
+        print(f"wrote {args.csv}")
     return 0
 
 
@@ -200,10 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=cmd_submit)
 
     pred = commands.add_parser("predict", help="classify image files with an exported model")
-    pred.add_argument("model", help="the export step's folder (or a SavedModel folder)")
-    pred.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    pred.add_argument("model", help="the export step's folder, a SavedModel folder (e.g. a "
+                                    "published version), a .keras or a .tflite file")
+    pred.add_argument("images", nargs="+",
+                      help="image files (JPEG, PNG, GIF, BMP) or folders of them")
     pred.add_argument("--top-k", type=int, default=3,
                       help="classes to show per image [%(default)s]")
+    pred.add_argument("--csv", type=Path, help="also write image,rank,class,probability rows")
     pred.set_defaults(func=cmd_predict)
 
     weights = commands.add_parser("demo-weights", help="derive the offline ImageNet "

@@ -125,14 +125,33 @@ def test_verification_catches_a_model_that_disagrees(exported, tmp_path):
         export.verify_saved_model(other, out / "saved_model", str(out.parent / "ds"))
 
 
-def test_predict_files_ranks_classes(exported, tmp_path):
+@pytest.mark.parametrize("model_file", ["", "saved_model", "model.keras", "model.tflite",
+                                        "model_quantized.tflite"])
+def test_predict_accepts_every_exported_form(exported, tmp_path, model_file):
+    out, model, _ = exported
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(_encoded("PNG", (50, 40)))
+    (folder / "sub" / "b.jpg").write_bytes(_encoded("JPEG", (20, 70)))
+    (folder / "notes.txt").write_text("not an image, skipped")
+    results = predict.predict_files(out / model_file, [folder], top_k=2)
+    assert [path.name for path, _ in results] == ["a.png", "b.jpg"]
+    for path, top in results:
+        image = export.decode_and_resize(tf.constant(path.read_bytes()), 32)[None]
+        expected = keras.ops.convert_to_numpy(model(image))[0]
+        names = ["blue", "green", "red"]
+        assert [name for name, _ in top] == [names[i] for i in np.argsort(-expected)[:2]]
+        np.testing.assert_allclose([p for _, p in top], np.sort(expected)[::-1][:2],
+                                   atol=0.02 if "quantized" in model_file else 1e-4)
+
+
+def test_predict_reports_bad_input(exported, tmp_path):
     out, _, _ = exported
-    image = tmp_path / "x.png"
-    image.write_bytes(_encoded("PNG", (50, 50)))
-    [top] = predict.predict_files(out, [image], top_k=2)
-    assert len(top) == 2 and top[0][1] >= top[1][1]
-    assert {name for name, _ in top} <= {"blue", "green", "red"}
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     with pytest.raises(TlpError, match="bad.png is not a readable"):
         predict.predict_files(out, [bad])
+    with pytest.raises(TlpError, match="no such image file or folder"):
+        predict.predict_files(out, [tmp_path / "missing.png"])
+    with pytest.raises(TlpError, match="not an exported model folder"):
+        predict.predict_files(tmp_path, [bad])
