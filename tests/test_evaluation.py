@@ -97,3 +97,65 @@ def test_report_holds_curves_heatmap_table_and_wrong_images():
     assert "<td>macro avg</td>" in report and "<td>weighted avg</td>" in report
     assert "held back</b>:\ntest accuracy 0.75 is below 0.8" in report
     assert "src=\"http" not in report  # Self-contained.
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory):
+    """The evaluate step's function on a 2-class split with a small sigmoid model."""
+    import json
+
+    import keras
+    from kfp import dsl
+
+    from components import kfp_steps, preprocess
+    from conftest import make_image_folder
+
+    base = tmp_path_factory.mktemp("binary")
+    data = make_image_folder(base / "images", {"red": 8, "blue": 8})
+    preprocess.run(str(data), str(base / "ds"), str(base / "m.parquet"), 16, 0.25, 0.25, 0.5, 1)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.save(base / "model.keras")
+    history = {"epoch": [1], "loss": [0.7], "val_loss": [0.7], "accuracy": [0.5],
+               "val_accuracy": [0.5], "learning_rate": [1e-3]}
+    (base / "history.json").write_text(json.dumps(history))
+    outputs = {name: cls(name=name, uri=str(base / name)) for name, cls in (
+        ("metrics", dsl.Metrics), ("classification_metrics", dsl.ClassificationMetrics),
+        ("report", dsl.HTML), ("evaluation", dsl.Artifact))}
+
+    def run(min_accuracy, baseline=""):
+        approved = kfp_steps.evaluate.python_func(
+            dataset=dsl.Dataset(uri=str(base / "ds")),
+            model=dsl.Model(uri=str(base / "model.keras")),
+            train_history=dsl.Artifact(uri=str(base / "history.json")),
+            fine_tune_history=dsl.Artifact(uri=str(base / "history.json")),
+            batch_size=4, top_k=3, min_test_accuracy=min_accuracy, baseline_model=baseline,
+            baseline_tolerance=0.0, **outputs)
+        return approved, outputs, json.loads((base / "evaluation").read_text())
+    return run, base
+
+
+def test_binary_step_outputs_roc_and_pr(binary_run):
+    run, _ = binary_run
+    approved, outputs, result = run(0.0)
+    assert approved is True and result["num_examples"] == 8
+    assert 0 <= result["roc_auc"] <= 1 and 0 <= result["pr_auc"] <= 1
+    roc = outputs["classification_metrics"].metadata["confidenceMetrics"]
+    assert len(roc) == len(result["roc"]["fpr"]) and roc[-1]["recall"] == 1
+    logged = outputs["metrics"].metadata
+    assert logged["roc_auc"] == result["roc_auc"] and logged["export_approved"] == 1
+    assert "test_top_2_accuracy" in logged  # k capped at the 2 classes.
+    assert outputs["classification_metrics"].metadata["confusionMatrix"]["annotationSpecs"] \
+        == [{"displayName": "blue"}, {"displayName": "red"}]
+
+
+def test_baseline_on_the_same_split_decides(binary_run):
+    run, base = binary_run
+    approved, outputs, result = run(0.0, baseline=str(base / "model.keras"))
+    assert approved is True and result["gate"]["baseline_accuracy"] == result["accuracy"]
+    assert "within baseline_tolerance 0.0" in result["gate"]["reason"]
+    assert outputs["metrics"].metadata["baseline_accuracy"] == result["accuracy"]
+    approved, _, result = run(1.01, baseline=str(base / "model.keras"))
+    assert approved is False and "below min_test_accuracy 1.01" in result["gate"]["reason"]
