@@ -1,6 +1,10 @@
 """Predictions on image files with an exported model, a .keras file or a TFLite file (what
 `tlp predict` runs)."""
+import base64
 import csv
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,9 +61,28 @@ def _tflite_model(path: Path) -> Classifier:
     return classify
 
 
+def _rest_endpoint(url: str) -> Classifier:
+    """TF Serving's REST predict API, which KServe's v1 protocol shares: the image as base64
+    in the row format, the outputs of serving_default back."""
+    def classify(image_bytes: bytes):
+        body = json.dumps({"signature_name": "serving_default", "instances": [
+            {"image_bytes": {"b64": base64.b64encode(image_bytes).decode()}}]}).encode()
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                [prediction] = json.load(response)["predictions"]
+        except (urllib.error.URLError, KeyError, ValueError) as error:
+            raise TlpError(f"{url} gave no predictions: {error}") from error
+        return prediction["class_names"], np.array(prediction["probabilities"])
+    return classify
+
+
 def load_classifier(model_path: str | Path) -> Classifier:
     """An export folder (with saved_model/), a SavedModel folder (a published version
-    included), a .keras file or a .tflite file."""
+    included), a .keras file, a .tflite file, or the http(s) URL of a TF Serving / KServe
+    predict endpoint (e.g. http://host:8501/v1/models/NAME:predict)."""
+    if str(model_path).startswith(("http://", "https://")):
+        return _rest_endpoint(str(model_path))
     path = Path(model_path)
     if (path / configs.SAVED_MODEL_DIR / "saved_model.pb").is_file():
         return _saved_model(path / configs.SAVED_MODEL_DIR)

@@ -143,7 +143,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from components import predict
 
-    results = predict.predict_files(args.model, args.images, args.top_k)
+    # With --url the first positional argument is an image too.
+    model, images = (args.url, [args.model, *args.images]) if args.url else (args.model,
+                                                                            args.images)
+    if not images:
+        raise TlpError("tlp predict needs MODEL and at least one IMAGE (or --url URL IMAGE...).")
+    results = predict.predict_files(model, images, args.top_k)
     print(predict.format_table(results))
     if args.csv:
         predict.write_csv(results, args.csv)
@@ -205,8 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred = commands.add_parser("predict", help="classify image files with an exported model")
     pred.add_argument("model", help="the export step's folder, a SavedModel folder (e.g. a "
                                     "published version), a .keras or a .tflite file")
-    pred.add_argument("images", nargs="+",
+    pred.add_argument("images", nargs="*",
                       help="image files (JPEG, PNG, GIF, BMP) or folders of them")
+    pred.add_argument("--url", help="send the images to this TF Serving / KServe REST predict "
+                                    "endpoint instead (no MODEL then), e.g. "
+                                    "http://host:8501/v1/models/tlp:predict")
     pred.add_argument("--top-k", type=int, default=3,
                       help="classes to show per image [%(default)s]")
     pred.add_argument("--csv", type=Path, help="also write image,rank,class,probability rows")

@@ -155,3 +155,54 @@ def test_predict_reports_bad_input(exported, tmp_path):
         predict.predict_files(out, [tmp_path / "missing.png"])
     with pytest.raises(TlpError, match="not an exported model folder"):
         predict.predict_files(tmp_path, [bad])
+
+
+@pytest.fixture
+def rest_server(exported):
+    """Serves the exported SavedModel over TF Serving's REST predict protocol (row format,
+    base64 binary inputs) on a free local port."""
+    import base64
+    import http.server
+    import threading
+
+    serve = tf.saved_model.load(str(exported[0] / "saved_model")).signatures["serving_default"]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            if self.path != "/v1/models/tlp:predict":
+                self.send_error(404)
+                return
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            images = [base64.b64decode(i["image_bytes"]["b64"]) for i in request["instances"]]
+            outputs = {k: v.numpy().tolist()
+                       for k, v in serve(image_bytes=tf.constant(images)).items()}
+            rows = [{k: v[i] for k, v in outputs.items()} for i in range(len(images))]
+            body = json.dumps({"predictions": rows}, default=bytes.decode).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1/models/tlp"
+    server.shutdown()
+
+
+def test_predict_url_matches_the_local_model(exported, rest_server, tmp_path, capsys):
+    from pipelines import cli
+
+    out, _, _ = exported
+    for name, fmt in (("a.png", "PNG"), ("b.jpg", "JPEG")):
+        (tmp_path / name).write_bytes(_encoded(fmt, (45, 30)))
+    images = [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    assert cli.main(["predict", "--url", f"{rest_server}:predict", *images]) == 0
+    remote = capsys.readouterr().out
+    assert cli.main(["predict", str(out), *images]) == 0
+    assert remote == capsys.readouterr().out and remote.count("\n") == 3
+    assert cli.main(["predict", "--url", f"{rest_server}:nothing", images[0]]) == 2
+    assert "gave no predictions" in capsys.readouterr().err
