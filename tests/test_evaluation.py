@@ -159,3 +159,18 @@ def test_baseline_on_the_same_split_decides(binary_run):
     assert outputs["metrics"].metadata["baseline_accuracy"] == result["accuracy"]
     approved, _, result = run(1.01, baseline=str(base / "model.keras"))
     assert approved is False and "below min_test_accuracy 1.01" in result["gate"]["reason"]
+
+
+def test_predict_split_keeps_the_most_confidently_wrong_images(binary_run):
+    import keras
+
+    _, base = binary_run
+    model = keras.models.load_model(base / "model.keras")
+    full = evaluation.predict_split(model, str(base / "ds"), "test", 3, keep_wrong=100)
+    wrong = np.flatnonzero(full.probs.argmax(axis=1) != full.labels)
+    assert len(wrong) >= 3  # The untrained model gets some wrong, so the choice matters.
+    assert sorted(index for index, _ in full.wrong) == wrong.tolist()
+    top = evaluation.predict_split(model, str(base / "ds"), "test", 3, keep_wrong=2)
+    expected = wrong[np.argsort(-full.probs[wrong].max(axis=1), kind="stable")][:2]
+    assert [index for index, _ in top.wrong] == expected.tolist()
+    assert top.wrong[0][1].shape == (16, 16, 3) and top.wrong[0][1].dtype == np.uint8
