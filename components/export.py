@@ -53,15 +53,13 @@ def export_saved_model(model: keras.Model, class_names: list[str], image_size: i
     archive.write_out(str(path), verbose=False)
 
 
-def export_tflite(saved_model_dir: str | Path, path: str | Path, quantize: bool) -> int:
-    """The images signature as a TFLite model; quantize: dynamic-range (int8 weights).
-    Returns the file size in bytes."""
+def export_tflite(saved_model_dir: str | Path, path: str | Path, quantize: bool) -> None:
+    """The images signature as a TFLite model; quantize: dynamic-range (int8 weights)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(
         str(saved_model_dir), signature_keys=[configs.SERVING_IMAGES_SIGNATURE])
     if quantize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     Path(path).write_bytes(converter.convert())
-    return Path(path).stat().st_size
 
 
 def tflite_runner(tflite_path: str | Path):
@@ -155,18 +153,24 @@ def publish(export_dir: str | Path, destination: str | Path) -> Path:
     root = Path(destination)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-    shutil.copytree(Path(export_dir) / configs.SAVED_MODEL_DIR, staging, dirs_exist_ok=True)
-    for item in Path(export_dir).iterdir():
-        if item.is_file():
-            shutil.copy2(item, staging / item.name)
-    while True:
-        versions = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
-        target = root / str(max(versions, default=0) + 1)
-        try:
-            os.rename(staging, target)
-            return target
-        except OSError:  # Taken meanwhile: try the next number.
-            continue
+    try:
+        shutil.copytree(Path(export_dir) / configs.SAVED_MODEL_DIR, staging, dirs_exist_ok=True)
+        for item in Path(export_dir).iterdir():
+            if item.is_file():
+                shutil.copy2(item, staging / item.name)
+        while True:
+            versions = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+            target = root / str(max(versions, default=0) + 1)
+            try:
+                os.rename(staging, target)
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+                # Another writer took this number meanwhile: try the next one.
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def export(model_path: str, dataset_dir: str, output_dir: str, backbone: str = "",
