@@ -52,6 +52,9 @@ def test_five_tasks_in_order_with_export_behind_the_gate(tmp_path):
     inputs = spec.root.input_definitions.parameters
     assert "data_dir" in inputs and not inputs["data_dir"].HasField("default_value")
     assert inputs["min_test_accuracy"].default_value.number_value == 0.5
+    assert inputs["top_k"].default_value.number_value == 3
+    assert inputs["baseline_model"].default_value.string_value == ""
+    assert inputs["export_destination"].default_value.string_value == ""
 
 
 def test_gpu_requests_on_train_and_fine_tune_only(tmp_path):
