@@ -62,6 +62,14 @@ LABELS_FILE = "labels.txt"
 KERAS_MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 HISTORY_FILE = "history.json"
+TFLITE_FILE = "model.tflite"
+TFLITE_QUANTIZED_FILE = "model_quantized.tflite"
+MODEL_CARD_FILE = "model_card.json"
+SERVING_IMAGES_SIGNATURE = "serving_images"  # Float images already at the model's size.
+
+# Evaluation and the HTML report.
+CALIBRATION_BINS = 10
+REPORT_WRONG_IMAGES = 16
 
 # Pipeline parameter defaults (the pipeline signature and the CLI read them from here).
 BACKBONE = "MobileNetV2"
@@ -106,6 +114,10 @@ CACHE_BUDGET_MB = 2048
 MIXED_PRECISION = "auto"
 STEPS_PER_EXECUTION = 1
 MIN_TEST_ACCURACY = 0.5
+TOP_K = 3
+BASELINE_MODEL = ""  # Empty: no baseline to compare with.
+BASELINE_TOLERANCE = 0.01
+EXPORT_DESTINATION = ""  # Empty: the export step's artifact only.
 
 # The bundled demo data and the offline demo weights.
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,11 @@
-"""Export step: a SavedModel that serves encoded image bytes, the .keras model and labels."""
+"""Export step: a SavedModel serving encoded image bytes or images, the .keras model, labels,
+TFLite models checked against Keras, a model card, and numbered versions for TF Serving."""
+import json
+import os
+import platform
 import shutil
+import tempfile
+import warnings
 from pathlib import Path
 
 import keras
@@ -19,28 +25,71 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def export_saved_model(model: keras.Model, class_names: list[str], image_size: int,
                        path: str | Path) -> None:
-    """serving_default: image_bytes (string [batch]) -> probabilities [batch, classes] and
-    class_names [batch, classes] (the same names for every row, for clients' convenience)."""
+    """Two signatures, both returning probabilities [batch, classes], top_class [batch],
+    top_class_name [batch] and class_names [batch, classes] (the same names for every row):
+    serving_default takes image_bytes (encoded images of any size, string [batch]);
+    serving_images takes images (float32 RGB in [0, 255], [batch, size, size, 3])."""
     names = tf.constant(class_names)
 
-    def serve(image_bytes):
-        images = tf.map_fn(lambda b: decode_and_resize(b, image_size), image_bytes,
-                           fn_output_signature=tf.TensorSpec((image_size, image_size, 3),
-                                                             tf.float32))
+    def classify(images):
         probs = model_lib.probabilities(model(images, training=False))
-        batch = tf.shape(image_bytes)[0]
-        return {"probabilities": probs,
+        top = tf.argmax(probs, axis=-1)
+        batch = tf.shape(images)[0]
+        return {"probabilities": probs, "top_class": top,
+                "top_class_name": tf.gather(names, top),
                 "class_names": tf.tile(names[None], tf.stack([batch, 1]))}
+
+    def serve_bytes(image_bytes):
+        return classify(tf.map_fn(lambda b: decode_and_resize(b, image_size), image_bytes,
+                                  fn_output_signature=tf.TensorSpec(
+                                      (image_size, image_size, 3), tf.float32)))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve,
+    archive.add_endpoint("serving_default", serve_bytes,
                          input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint(configs.SERVING_IMAGES_SIGNATURE, classify, input_signature=[
+        tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
     archive.write_out(str(path), verbose=False)
 
 
+def export_tflite(saved_model_dir: str | Path, path: str | Path, quantize: bool) -> None:
+    """The images signature as a TFLite model; quantize: dynamic-range (int8 weights)."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model_dir), signature_keys=[configs.SERVING_IMAGES_SIGNATURE])
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    Path(path).write_bytes(converter.convert())
+
+
+def tflite_runner(tflite_path: str | Path):
+    """The TFLite model's images signature, ready to call with images=[1, size, size, 3]."""
+    with warnings.catch_warnings():  # Deprecated for ai_edge_litert, still in TF 2.21.
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = tf.lite.Interpreter(model_path=str(tflite_path))
+    return interpreter.get_signature_runner(configs.SERVING_IMAGES_SIGNATURE)
+
+
+def tflite_probabilities(runner, images: np.ndarray) -> np.ndarray:
+    """Runs a tflite_runner one image at a time (the converted batch size is 1)."""
+    return np.concatenate([runner(images=image[None])["probabilities"] for image in images])
+
+
+def tflite_agreement(model: keras.Model, tflite_path: str | Path,
+                     dataset_dir: str) -> dict:
+    """How often the TFLite model's top class is the Keras model's, on the whole test split,
+    and the largest probability difference."""
+    _, images = test_images(dataset_dir, limit=-1)
+    expected = keras.ops.convert_to_numpy(
+        model_lib.probabilities(model.predict(images, verbose=0)))
+    served = tflite_probabilities(tflite_runner(tflite_path), images)
+    return {"top1_agreement": float((served.argmax(1) == expected.argmax(1)).mean()),
+            "max_probability_difference": float(np.abs(served - expected).max()),
+            "size_bytes": Path(tflite_path).stat().st_size, "test_images": len(images)}
+
+
 def test_images(dataset_dir: str, limit: int) -> tuple[list[bytes], np.ndarray]:
-    """Up to `limit` encoded test images and the same images decoded."""
+    """Up to `limit` (-1: all) encoded test images and the same images decoded."""
     records = tf.data.TFRecordDataset(tfrecords.shard_files(dataset_dir, "test")).take(limit)
     encoded = [tf.io.parse_single_example(r, {configs.KEY_ENCODED: tf.io.FixedLenFeature(
         [], tf.string)})[configs.KEY_ENCODED].numpy() for r in records]
@@ -64,17 +113,95 @@ def verify_saved_model(model: keras.Model, saved_model_dir: str | Path, dataset_
     return difference
 
 
-def export(model_path: str, dataset_dir: str, output_dir: str) -> float:
-    """Writes <output_dir>/saved_model, model.keras and labels.txt; verifies the SavedModel."""
+def model_card(model: keras.Model, metadata: dict, backbone: str, evaluation: dict,
+               histories: dict, tflite: dict) -> dict:
+    """What a user needs to judge and serve the model, as JSON."""
+    return {
+        "model": {"backbone": backbone, "image_size": metadata["image_size"],
+                  "parameters": model.count_params(),
+                  "trainable_parameters": sum(int(np.prod(w.shape))
+                                              for w in model.trainable_weights)},
+        "data": {"class_names": metadata["class_names"],
+                 "examples_per_split": metadata["num_examples"],
+                 "rejected_files": metadata.get("num_rejected", 0)},
+        "training": {phase: {"epochs": len(h.get("epoch", [])),
+                             "learning_rates": sorted(set(h.get("learning_rate", [])))}
+                     for phase, h in histories.items()},
+        "test_metrics": {key: evaluation[key] for key in
+                         ("num_examples", "loss", "accuracy", "top_k", "top_k_accuracy",
+                          "expected_calibration_error", "macro_avg", "weighted_avg",
+                          "per_class", "roc_auc", "pr_auc") if key in evaluation},
+        "gate": evaluation.get("gate"),
+        "tflite": tflite,
+        "signatures": {"serving_default": "image_bytes: encoded JPEG/PNG/GIF/BMP, any size",
+                       configs.SERVING_IMAGES_SIGNATURE:
+                           "images: float32 RGB in [0, 255] at image_size"},
+        "versions": {"tlp": configs.VERSION, "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "python": platform.python_version()},
+    }
+
+
+def publish(export_dir: str | Path, destination: str | Path) -> Path:
+    """Copies the export to <destination>/<N>, N one more than the highest existing version,
+    with the SavedModel at the version's root (TF Serving's layout) and the other files
+    beside it. Written to a hidden folder first, then renamed, so servers never see half a
+    version; renaming onto a version another writer has just filled fails (the folder is not
+    empty), so an existing version is never overwritten."""
+    if "://" in str(destination):
+        raise TlpError(f"export_destination {destination}: only local folders are supported "
+                       "for now (gs:// and s3:// are not).")
+    root = Path(destination)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        shutil.copytree(Path(export_dir) / configs.SAVED_MODEL_DIR, staging, dirs_exist_ok=True)
+        for item in Path(export_dir).iterdir():
+            if item.is_file():
+                shutil.copy2(item, staging / item.name)
+        while True:
+            versions = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+            target = root / str(max(versions, default=0) + 1)
+            try:
+                os.rename(staging, target)
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+                # Another writer took this number meanwhile: try the next one.
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def export(model_path: str, dataset_dir: str, output_dir: str, backbone: str = "",
+           evaluation: dict | None = None, histories: dict | None = None,
+           destination: str = "") -> dict:
+    """Writes <output_dir>/saved_model, model.keras, labels.txt, model.tflite,
+    model_quantized.tflite and model_card.json; verifies the SavedModel and the TFLite models
+    against the Keras model; publishes a new version under destination when given."""
     metadata = tfrecords.read_metadata(dataset_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = keras.models.load_model(model_path)
+    # What is served has no augmentation layers (they only act in training anyway).
+    model = model_lib.without_augmentation(keras.models.load_model(model_path))
     saved_model_dir = out / configs.SAVED_MODEL_DIR
     export_saved_model(model, metadata["class_names"], metadata["image_size"], saved_model_dir)
-    shutil.copyfile(model_path, out / configs.KERAS_MODEL_FILE)
+    model.save(out / configs.KERAS_MODEL_FILE)
     (out / configs.LABELS_FILE).write_text("\n".join(metadata["class_names"]) + "\n")
     difference = verify_saved_model(model, saved_model_dir, dataset_dir)
+    tflite = {}
+    for name, quantize in ((configs.TFLITE_FILE, False), (configs.TFLITE_QUANTIZED_FILE, True)):
+        export_tflite(saved_model_dir, out / name, quantize)
+        tflite[name] = tflite_agreement(model, out / name, dataset_dir)
+    card = model_card(model, metadata, backbone, evaluation or {}, histories or {}, tflite)
+    (out / configs.MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
     print(f"export: SavedModel matches the Keras model (max difference {difference:.2e}); "
-          f"wrote {out}", flush=True)
-    return difference
+          f"TFLite: " + "; ".join(
+              f"{name} {t['size_bytes'] / 2**20:.1f} MiB, top-1 agreement "
+              f"{t['top1_agreement']:.3f}" for name, t in tflite.items())
+          + f"; wrote {out}", flush=True)
+    summary = {"max_saved_model_difference": difference, "tflite": tflite}
+    if destination:
+        summary["published"] = str(publish(out, destination))
+        print(f"export: published {summary['published']}", flush=True)
+    return summary

@@ -84,47 +84,64 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
 
 @cpu_component
 def evaluate(dataset: Input[Dataset], model: Input[Model], train_history: Input[Artifact],
-             fine_tune_history: Input[Artifact], batch_size: int, min_test_accuracy: float,
+             fine_tune_history: Input[Artifact], batch_size: int, top_k: int,
+             min_test_accuracy: float, baseline_model: str, baseline_tolerance: float,
              metrics: Output[Metrics], classification_metrics: Output[ClassificationMetrics],
              report: Output[HTML], evaluation: Output[Artifact]) -> bool:
-    """Test-split metrics, confusion matrix, an HTML report with the training curves.
-    Returns whether the model is accurate enough to export. (Decided here, returned as the
-    single unnamed output: kfp.local 2.17.0's dsl.If cannot compare two channels, nor
-    resolve a named output of a task.)"""
+    """Test-split metrics, confusion matrix (and ROC curve for 2 classes), an HTML report,
+    and the export gate. Returns whether to export. (Decided here, returned as the single
+    unnamed output: kfp.local 2.17.0's dsl.If cannot compare two channels, nor resolve a
+    named output of a task.) The decision's reason is in `evaluation` and the log."""
     import json
-
-    import keras
 
     from components import evaluation as lib, tfrecords, training
 
     class_names = tfrecords.read_metadata(dataset.path)["class_names"]
-    labels, probs, scores = lib.predict_split(keras.models.load_model(model.path),
-                                              dataset.path, "test", batch_size)
-    summary = lib.classification_summary(labels, probs, class_names)
-    metrics.log_metric("test_accuracy", summary["accuracy"])
-    metrics.log_metric("test_loss", scores["loss"])
-    for name, values in summary["per_class"].items():
-        for key in ("precision", "recall", "f1"):
-            metrics.log_metric(f"{key}/{name}", values[key])
-    classification_metrics.log_confusion_matrix(class_names, summary["confusion_matrix"])
+    result, predictions = lib.evaluate(model.path, dataset.path, batch_size, top_k,
+                                       min_test_accuracy, baseline_model, baseline_tolerance)
+    scalars = {"test_loss": result["loss"], "test_accuracy": result["accuracy"],
+               f"test_top_{result['top_k']}_accuracy": result["top_k_accuracy"],
+               "expected_calibration_error": result["expected_calibration_error"],
+               "export_approved": float(result["gate"]["approved"])}
+    scalars.update({f"{key}/{average}": result[average][key] for average in
+                    ("macro_avg", "weighted_avg") for key in ("precision", "recall", "f1-score")})
+    scalars.update({key: result[key] for key in ("roc_auc", "pr_auc") if key in result})
+    if result["gate"]["baseline_accuracy"] is not None:
+        scalars["baseline_accuracy"] = result["gate"]["baseline_accuracy"]
+    for name, value in scalars.items():
+        metrics.log_metric(name, value)
+    classification_metrics.log_confusion_matrix(class_names, result["confusion_matrix"])
+    if "roc" in result:
+        roc = result["roc"]
+        classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
     with open(report.path, "w") as f:
-        f.write(lib.render_report(summary, scores, class_names,
+        f.write(lib.render_report(result, predictions, class_names,
                                   training.load_history(train_history.path),
                                   training.load_history(fine_tune_history.path)))
-    approved = summary["accuracy"] >= min_test_accuracy
     with open(evaluation.path, "w") as f:
-        json.dump({**summary, "test_loss": scores["loss"], "export_approved": approved,
-                   "min_test_accuracy": min_test_accuracy}, f, indent=2)
-    print(f"evaluate: test accuracy {summary['accuracy']:.4f}, loss {scores['loss']:.4f}; "
-          f"export {'approved' if approved else 'held back'} "
-          f"(min_test_accuracy {min_test_accuracy})", flush=True)
+        json.dump(result, f, indent=2)
+    evaluation.metadata.update({"export_approved": result["gate"]["approved"],
+                                "gate_reason": result["gate"]["reason"]})
+    approved = result["gate"]["approved"]
+    print(f"evaluate: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}; "
+          f"export {'approved' if approved else 'held back'}: {result['gate']['reason']}",
+          flush=True)
     return approved
 
 
 @cpu_component
-def export(dataset: Input[Dataset], model: Input[Model], exported_model: Output[Model]):
-    """SavedModel serving encoded image bytes, the .keras model and labels, verified."""
-    from components import export as lib
+def export(dataset: Input[Dataset], model: Input[Model], evaluation: Input[Artifact],
+           train_history: Input[Artifact], fine_tune_history: Input[Artifact], backbone: str,
+           export_destination: str, exported_model: Output[Model]):
+    """SavedModel (image bytes and image signatures), .keras model, labels, TFLite models
+    and a model card, all verified; a new numbered version under export_destination."""
+    import json
 
-    difference = lib.export(model.path, dataset.path, exported_model.path)
-    exported_model.metadata["max_saved_model_difference"] = difference
+    from components import export as lib, training
+
+    summary = lib.export(model.path, dataset.path, exported_model.path, backbone,
+                         json.loads(open(evaluation.path).read()),
+                         {"train": training.load_history(train_history.path),
+                          "fine_tune": training.load_history(fine_tune_history.path)},
+                         export_destination)
+    exported_model.metadata.update(summary)

@@ -159,10 +159,12 @@ OPTIMIZERS = {
 
 def without_augmentation(model: keras.Model) -> keras.Model:
     """The same model, sharing its weights, minus the augmentation block: what to serve."""
+    if "augmentation" not in [layer.name for layer in model.layers]:
+        return model
     inputs = keras.Input(model.input.shape[1:], name="image")
     x = inputs
-    for layer in model.layers[1:]:
-        if layer.name != "augmentation":
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.InputLayer) and layer.name != "augmentation":
             x = layer(x)
     return keras.Model(inputs, x, name=model.name)
 

@@ -30,7 +30,7 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     for name, minimum in (("epochs", 1), ("fine_tune_epochs", 0), ("batch_size", 1),
                           ("early_stopping_patience", 0), ("reduce_lr_patience", 0),
                           ("cache_budget_mb", 0), ("warmup_epochs", 0),
-                          ("steps_per_execution", 1)):
+                          ("steps_per_execution", 1), ("top_k", 1)):
         _at_least(params, name, minimum)
     model_lib.Head(params["pooling"], model_lib.Head.parse_units(params["head_dense_units"]),
                    params["head_batch_norm"], params["dropout"],
@@ -47,6 +47,11 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     training.class_weights([1], params["class_weighting"])
     _validate_fine_tune_layers(params)
     accelerators.choose_policy(params["mixed_precision"], [])
+    if params["baseline_tolerance"] < 0:
+        raise TlpError(f"baseline_tolerance={params['baseline_tolerance']} must be >= 0.")
+    if "://" in params["export_destination"]:
+        raise TlpError(f"export_destination={params['export_destination']}: only local "
+                       "folders are supported for now, not gs:// or s3://.")
     if require_data_dir and not params.get("data_dir"):
         raise TlpError("data_dir is required: a folder with one sub-folder of images per class.")
     weights = params["weights"]
@@ -56,3 +61,7 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                 and not Path(weights).is_file():
             raise TlpError(f"weights file {weights} does not exist: pass weights=imagenet, "
                            "weights=none or the path of a weights file.")
+        baseline = params["baseline_model"]
+        if baseline and not Path(baseline).exists():
+            raise TlpError(f"baseline_model {baseline} does not exist: pass a .keras file or "
+                           "an export folder, or leave it empty.")

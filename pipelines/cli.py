@@ -98,14 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = runner.run_local(arguments, args.pipeline_root)
     accuracy = result.evaluation["accuracy"]
     print(f"\nPipeline finished in {time.monotonic() - started:.0f} s: {result.run_dir}")
-    print(f"  test accuracy: {accuracy:.4f} (test loss {result.evaluation['test_loss']:.4f})")
+    print(f"  test accuracy: {accuracy:.4f} (test loss {result.evaluation['loss']:.4f})")
     print(f"  report:        {result.report}")
     if result.exported_model:
         print(f"  model:         {result.exported_model}")
         print(f"  try it:        tlp predict {result.exported_model} IMAGE...")
     else:
-        print(f"  model:         not exported: test accuracy {accuracy:.4f} is below "
-              f"min_test_accuracy {arguments['min_test_accuracy']}")
+        print(f"  model:         not exported: {result.evaluation['gate']['reason']}")
     return 0
 
 
@@ -175,10 +174,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from components.predict import predict_files
+    from components import predict
 
-    for path, top in zip(args.images, predict_files(args.model, args.images, args.top_k)):
-        print(f"{path}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
+    # With --url the first positional argument is an image too.
+    model, images = (args.url, [args.model, *args.images]) if args.url else (args.model,
+                                                                            args.images)
+    if not images:
+        raise TlpError("tlp predict needs MODEL and at least one IMAGE (or --url URL IMAGE...).")
+    results = predict.predict_files(model, images, args.top_k)
+    print(predict.format_table(results))
+    if args.csv:
+        predict.write_csv(results, args.csv)
+        print(f"wrote {args.csv}")
     return 0
 
 
@@ -265,10 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=cmd_submit)
 
     pred = commands.add_parser("predict", help="classify image files with an exported model")
-    pred.add_argument("model", help="the export step's folder (or a SavedModel folder)")
-    pred.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    pred.add_argument("model", help="the export step's folder, a SavedModel folder (e.g. a "
+                                    "published version), a .keras or a .tflite file")
+    pred.add_argument("images", nargs="*",
+                      help="image files (JPEG, PNG, GIF, BMP) or folders of them")
+    pred.add_argument("--url", help="send the images to this TF Serving / KServe REST predict "
+                                    "endpoint instead (no MODEL then), e.g. "
+                                    "http://host:8501/v1/models/tlp:predict")
     pred.add_argument("--top-k", type=int, default=3,
                       help="classes to show per image [%(default)s]")
+    pred.add_argument("--csv", type=Path, help="also write image,rank,class,probability rows")
     pred.set_defaults(func=cmd_predict)
 
     weights = commands.add_parser("demo-weights", help="derive the offline ImageNet "

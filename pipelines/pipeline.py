@@ -140,6 +140,10 @@ def create_pipeline(cluster: ClusterOptions | None = None):
         mixed_precision: str = configs.MIXED_PRECISION,
         steps_per_execution: int = configs.STEPS_PER_EXECUTION,
         min_test_accuracy: float = configs.MIN_TEST_ACCURACY,
+        top_k: int = configs.TOP_K,
+        baseline_model: str = configs.BASELINE_MODEL,
+        baseline_tolerance: float = configs.BASELINE_TOLERANCE,
+        export_destination: str = configs.EXPORT_DESTINATION,
     ):
         """Transfer-learning image classifier.
 
@@ -193,6 +197,10 @@ def create_pipeline(cluster: ClusterOptions | None = None):
             steps_per_execution: Training steps per compiled call; raise it on GPUs when
                 steps are short.
             min_test_accuracy: Export the model only if its test accuracy reaches this.
+            top_k: Report top-k accuracy for this k.
+            baseline_model: A .keras file or export folder to beat on the test split (empty: none).
+            baseline_tolerance: Largest test accuracy drop below the baseline still exported.
+            export_destination: Local folder for a new numbered model version (empty: none).
         """
         fit_args = dict(batch_size=batch_size, optimizer=optimizer, lr_schedule=lr_schedule,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
@@ -225,10 +233,16 @@ def create_pipeline(cluster: ClusterOptions | None = None):
         evaluation = kfp_steps.evaluate(
             dataset=dataset, model=tune.outputs["model"],
             train_history=train.outputs["history"], fine_tune_history=tune.outputs["history"],
-            batch_size=batch_size, min_test_accuracy=min_test_accuracy)
+            batch_size=batch_size, top_k=top_k, min_test_accuracy=min_test_accuracy,
+            baseline_model=baseline_model, baseline_tolerance=baseline_tolerance)
         with dsl.If(evaluation.outputs["Output"] == True,  # noqa: E712
-                    name="accurate-enough"):
-            export = kfp_steps.export(dataset=dataset, model=tune.outputs["model"])
+                    name="export-approved"):
+            export = kfp_steps.export(
+                dataset=dataset, model=tune.outputs["model"],
+                evaluation=evaluation.outputs["evaluation"],
+                train_history=train.outputs["history"],
+                fine_tune_history=tune.outputs["history"], backbone=backbone,
+                export_destination=export_destination)
         if cluster:
             for step, task in (("preprocess", prep), ("train", train), ("fine_tune", tune),
                                ("evaluate", evaluation), ("export", export)):

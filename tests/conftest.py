@@ -48,7 +48,7 @@ def tiny_dataset(tmp_path: Path, image_folder: Path) -> Path:
 
 E2E_ARGUMENTS = dict(backbone="MobileNetV2", weights="none", image_size=32, epochs=1,
                      fine_tune_epochs=1, fine_tune_layers=10, batch_size=8,
-                     min_test_accuracy=0.0)
+                     min_test_accuracy=0.0, top_k=2)
 
 
 @pytest.fixture(scope="session")

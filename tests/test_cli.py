@@ -1,3 +1,5 @@
+import csv
+
 import pytest
 
 from components import configs
@@ -32,6 +34,9 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     (["--head-dense-units", "128,x"], "head_dense_units='128,x'"),
     (["--fine-tune-layers", "auto", "--domain-similarity", "alike"],
      "domain_similarity='alike'"),
+    (["--top-k", "0"], "top_k=0 must be at least 1"),
+    (["--baseline-model", "/no/such.keras"], "baseline_model /no/such.keras does not exist"),
+    (["--export-destination", "s3://b/m"], "only local folders are supported"),
 ])
 def test_bad_input_stops_with_one_clear_message(capsys, tmp_path, argv, message):
     assert cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"), *argv]) == 2
@@ -57,20 +62,28 @@ def test_compile_writes_yaml_with_flag_defaults(tmp_path):
     assert "accelerator" not in str(spec["deploymentSpec"])
 
 
-def test_predict_prints_top_classes(capsys, local_run, tmp_path):
+def test_predict_prints_a_table_and_writes_csv(capsys, local_run, tmp_path):
     images = []
     for name, colour in (("r.jpg", (200, 30, 30)), ("b.png", (30, 30, 200))):
         make_image(colour, (64, 48), seed=1).save(tmp_path / name)
         images.append(str(tmp_path / name))
-    assert cli.main(["predict", str(local_run.exported_model), *images, "--top-k", "2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2
+    table = tmp_path / "out.csv"
+    assert cli.main(["predict", str(local_run.exported_model), *images, "--top-k", "2",
+                     "--csv", str(table)]) == 0
+    header, *lines, wrote = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["image", "top", "1", "top", "2"]
+    assert len(lines) == 2 and wrote == f"wrote {table}"
+    rows = list(csv.DictReader(table.open()))
+    assert [(r["image"], r["rank"]) for r in rows] == [(images[0], "1"), (images[0], "2"),
+                                                       (images[1], "1"), (images[1], "2")]
     for line, image in zip(lines, images):
-        assert line.startswith(f"{image}: ")
-        pairs = line.split(": ", 1)[1].split(", ")
-        assert len(pairs) == 2
-        probs = [float(p.rsplit(" ", 1)[1]) for p in pairs]
+        cells = line.split()
+        assert cells[0] == image
+        probs = [float(p) for p in cells[2::2]]
         assert probs == sorted(probs, reverse=True) and 0 <= probs[1] <= probs[0] <= 1
+        first = next(r for r in rows if r["image"] == image)
+        assert cells[1] == first["class"] and float(first["probability"]) == pytest.approx(
+            probs[0], abs=1e-3)
 
 
 def test_a_failing_step_names_itself(capsys, tmp_path, image_folder):

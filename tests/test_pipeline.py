@@ -2,12 +2,14 @@
 import json
 import math
 
+import keras
 import pyarrow.parquet as pq
 import yaml
 from google.protobuf import json_format
 from kfp import compiler
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from components import backbones  # noqa: F401  Registers the layer saved models use.
 from pipelines.pipeline import create_pipeline
 
 STEPS = ["preprocess", "train", "fine-tune", "evaluate", "export"]
@@ -53,6 +55,9 @@ def test_five_tasks_in_order_with_export_behind_the_gate(tmp_path):
     inputs = spec.root.input_definitions.parameters
     assert "data_dir" in inputs and not inputs["data_dir"].HasField("default_value")
     assert inputs["min_test_accuracy"].default_value.number_value == 0.5
+    assert inputs["top_k"].default_value.number_value == 3
+    assert inputs["baseline_model"].default_value.string_value == ""
+    assert inputs["export_destination"].default_value.string_value == ""
 
 
 def test_local_run_produces_every_artifact(local_run):
@@ -76,13 +81,26 @@ def test_local_run_produces_every_artifact(local_run):
     history = json.loads(one("**/fine-tune/history").read_text())
     assert history["epoch"] == [2]
     evaluation = local_run.evaluation
-    assert 0 <= evaluation["accuracy"] <= 1 and math.isfinite(evaluation["test_loss"])
+    assert 0 <= evaluation["accuracy"] <= 1 and math.isfinite(evaluation["loss"])
     matrix = evaluation["confusion_matrix"]
     assert sum(map(sum, matrix)) == metadata["num_examples"]["test"]
-    assert evaluation["export_approved"] is True
+    assert evaluation["gate"]["approved"] is True
+    assert "no baseline" in evaluation["gate"]["reason"]
+    assert evaluation["top_k"] == 2 and "expected_calibration_error" in evaluation
     report = local_run.report.read_text()
-    assert "data:image/png;base64," in report and "Confusion matrix" in report
+    for part in ('alt="training curves"', 'alt="confusion matrix"', "macro avg",
+                 "weighted avg", "Most confidently wrong"):
+        assert part in report
     model = local_run.exported_model
     assert (model / "saved_model" / "saved_model.pb").is_file()
-    assert (model / "model.keras").is_file()
+    served = keras.models.load_model(model / "model.keras")
+    trained = keras.models.load_model(one("**/fine-tune/model.keras"))
+    assert "augmentation" in [layer.name for layer in trained.layers]
+    assert "augmentation" not in [layer.name for layer in served.layers]
     assert (model / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    card = json.loads((model / "model_card.json").read_text())
+    assert card["model"]["backbone"] == "MobileNetV2"
+    assert card["test_metrics"]["accuracy"] == evaluation["accuracy"]
+    assert card["training"]["fine_tune"]["epochs"] == 1
+    assert card["tflite"]["model.tflite"]["top1_agreement"] == 1
+    assert (model / "model_quantized.tflite").is_file()
