@@ -2,7 +2,7 @@
 clear message rather than deep inside a step."""
 from pathlib import Path
 
-from components import backbones, model as model_lib, preprocess
+from components import backbones, images, model as model_lib, preprocess
 from components.errors import TlpError
 
 
@@ -19,7 +19,9 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                                params["test_ratio"])
     for name, minimum in (("epochs", 1), ("fine_tune_epochs", 0), ("batch_size", 1),
                           ("fine_tune_layers", 0), ("early_stopping_patience", 0),
-                          ("reduce_lr_patience", 0), ("cache_budget_mb", 0)):
+                          ("reduce_lr_patience", 0), ("cache_budget_mb", 0),
+                          ("num_workers", 0), ("min_images_per_class", 1),
+                          ("max_image_pixels", 1)):
         _at_least(params, name, minimum)
     if params["pooling"] not in model_lib.POOLING_MODES:
         raise TlpError(f"pooling={params['pooling']!r}; choose one of "
@@ -27,6 +29,12 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     if params["augment_flip"] not in model_lib.FLIP_MODES:
         raise TlpError(f"augment_flip={params['augment_flip']!r}; choose one of "
                        f"{', '.join(model_lib.FLIP_MODES)}.")
+    if params["resize_mode"] not in images.RESIZE_MODES:
+        raise TlpError(f"resize_mode={params['resize_mode']!r}; choose one of "
+                       f"{', '.join(images.RESIZE_MODES)}.")
+    if not 0 <= params["max_rejected_fraction"] <= 1:
+        raise TlpError(f"max_rejected_fraction={params['max_rejected_fraction']} must be "
+                       "in [0, 1].")
     if not 0 <= params["dropout"] < 1:
         raise TlpError(f"dropout={params['dropout']} must be in [0, 1).")
     if require_data_dir and not params.get("data_dir"):
@@ -34,6 +42,10 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     weights = params["weights"]
     if local:
         preprocess.scan_class_folders(params["data_dir"])
+        previous = params["previous_manifest"]
+        if previous and "://" not in previous and not Path(previous).is_file():
+            raise TlpError(f"previous_manifest {previous} does not exist: pass the manifest "
+                           "Parquet file of an earlier run, or leave it empty.")
         if weights not in ("imagenet", "none") and "://" not in weights \
                 and not Path(weights).is_file():
             raise TlpError(f"weights file {weights} does not exist: pass weights=imagenet, "
