@@ -26,6 +26,10 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     (["--data-dir", "/no/such/folder"], "data folder /no/such/folder does not exist"),
     (["--weights", "/no/such.weights.h5"], "weights file /no/such.weights.h5 does not exist"),
     (["--epochs", "0"], "epochs=0 must be at least 1"),
+    (["--resize-mode", "squash"], "resize_mode='squash'; choose one of stretch, pad, crop"),
+    (["--max-rejected-fraction", "1.5"], "max_rejected_fraction=1.5 must be in [0, 1]"),
+    (["--min-images-per-class", "0"], "min_images_per_class=0 must be at least 1"),
+    (["--previous-manifest", "/no/m.parquet"], "previous_manifest /no/m.parquet does not exist"),
 ])
 def test_bad_input_stops_with_one_clear_message(capsys, tmp_path, argv, message):
     assert cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"), *argv]) == 2
