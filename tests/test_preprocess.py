@@ -1,5 +1,8 @@
 import json
 import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -232,3 +235,25 @@ def test_empty_split_is_an_error(tmp_path):
     data = make_image_folder(tmp_path / "images", {"red": 2, "blue": 2})
     with pytest.raises(TlpError, match="split is empty"):
         _run(data, tmp_path, ratios=(0.8, 0.1, 0.1))
+
+
+def test_killed_run_then_rerun_gives_the_same_output(tmp_path):
+    data = make_image_folder(tmp_path / "images", {"red": 150, "blue": 150}, size=(300, 200))
+    killed = tmp_path / "killed"
+    script = (f"from components import preprocess; preprocess.run({str(data)!r}, "
+              f"{str(killed / 'out')!r}, {str(killed / 'm.parquet')!r}, 32, 0.6, 0.2, 0.2, 1, "
+              "num_workers=1)")
+    process = subprocess.Popen([sys.executable, "-c", script])
+    while not (killed / "out").exists():  # Created once the files are listed.
+        assert process.poll() is None
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not (killed / "out" / "metadata.json").exists()
+    _run(data, killed)
+    _run(data, tmp_path / "clean")
+    names = sorted(p.name for p in (tmp_path / "clean" / "out").iterdir())
+    assert names == sorted(p.name for p in (killed / "out").iterdir())
+    for name in names:
+        assert (killed / "out" / name).read_bytes() == (tmp_path / "clean" / "out" / name
+                                                        ).read_bytes()
