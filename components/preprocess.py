@@ -97,8 +97,9 @@ def _encoded_stream(paths: list[str], options: images.EncodeOptions, num_workers
     if num_workers == 1:
         yield from map(task, paths)
         return
-    # spawn, not fork: the parent has TensorFlow's threads; workers import only PIL.
-    with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+    # fork: workers start at once and, unlike spawn, do not re-import the main module (and
+    # with it TensorFlow) each. They only run PIL, never TensorFlow, so its threads are safe.
+    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
         # Ordered results keep the output independent of the number of workers.
         yield from pool.imap(task, paths, chunksize=8)
 
