@@ -1,4 +1,4 @@
-import json
+import io
 import shutil
 import subprocess
 import sys
@@ -20,10 +20,6 @@ def _run(data, out_dir, **options):
     metadata = preprocess.run(str(data), str(out_dir / "out"), str(out_dir / "m.parquet"), 32,
                               *ratios, options.pop("seed", 1), **options)
     return metadata, pq.read_table(out_dir / "m.parquet").to_pylist()
-
-
-def _splits(dataset_dir):
-    return json.loads((dataset_dir / "metadata.json").read_text())
 
 
 def test_split_is_deterministic_and_stratified(tmp_path):
@@ -130,9 +126,9 @@ def test_duplicates_written_once_and_label_conflicts_kept_out(tmp_path, image_fo
 
 
 def _jpeg_bytes(size=(40, 30)):
-    path_bytes = __import__("io").BytesIO()
-    make_image((200, 30, 30), size, 0).save(path_bytes, format="JPEG")
-    return path_bytes.getvalue()
+    out = io.BytesIO()
+    make_image((200, 30, 30), size, 0).save(out, format="JPEG")
+    return out.getvalue()
 
 
 def test_every_rejection_reason_and_the_summary_reconciles(tmp_path, image_folder):
