@@ -18,15 +18,23 @@ gpu_component = functools.partial(dsl.component, base_image=configs.GPU_IMAGE,
 
 @cpu_component
 def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ratio: float,
-               test_ratio: float, seed: int, dataset: Output[Dataset],
-               manifest: Output[Dataset]):
-    """Resizes, splits and writes the images as sharded TFRecords plus a manifest."""
+               test_ratio: float, seed: int, resize_mode: str, num_workers: int,
+               min_images_per_class: int, max_rejected_fraction: float, max_image_pixels: int,
+               previous_manifest: str, dataset: Output[Dataset], manifest: Output[Dataset],
+               summary: Output[Metrics]):
+    """Resizes, splits and writes the images as sharded TFRecords plus a manifest; the
+    summary counts reconcile: inputs = written + duplicates + rejected."""
     from components import preprocess as lib
 
     metadata = lib.run(data_dir, dataset.path, manifest.path, image_size, train_ratio,
-                       validation_ratio, test_ratio, seed)
+                       validation_ratio, test_ratio, seed, resize_mode=resize_mode,
+                       num_workers=num_workers, min_images_per_class=min_images_per_class,
+                       max_rejected_fraction=max_rejected_fraction,
+                       max_image_pixels=max_image_pixels, previous_manifest=previous_manifest)
     dataset.metadata.update({key: metadata[key] for key in
                              ("class_names", "image_size", "num_examples", "num_rejected")})
+    for name, value in metadata["summary"].items():
+        summary.log_metric(name, value)
 
 
 @gpu_component

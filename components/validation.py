@@ -2,7 +2,8 @@
 clear message rather than deep inside a step."""
 from pathlib import Path
 
-from components import accelerators, backbones, model as model_lib, preprocess, training
+from components import (accelerators, backbones, images, model as model_lib, preprocess,
+                        training)
 from components.errors import TlpError
 
 
@@ -30,7 +31,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     for name, minimum in (("epochs", 1), ("fine_tune_epochs", 0), ("batch_size", 1),
                           ("early_stopping_patience", 0), ("reduce_lr_patience", 0),
                           ("cache_budget_mb", 0), ("warmup_epochs", 0),
-                          ("steps_per_execution", 1), ("top_k", 1)):
+                          ("steps_per_execution", 1), ("top_k", 1), ("num_workers", 0),
+                          ("min_images_per_class", 1), ("max_image_pixels", 1)):
         _at_least(params, name, minimum)
     model_lib.Head(params["pooling"], model_lib.Head.parse_units(params["head_dense_units"]),
                    params["head_batch_norm"], params["dropout"],
@@ -52,11 +54,21 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     if "://" in params["export_destination"]:
         raise TlpError(f"export_destination={params['export_destination']}: only local "
                        "folders are supported for now, not gs:// or s3://.")
+    if params["resize_mode"] not in images.RESIZE_MODES:
+        raise TlpError(f"resize_mode={params['resize_mode']!r}; choose one of "
+                       f"{', '.join(images.RESIZE_MODES)}.")
+    if not 0 <= params["max_rejected_fraction"] <= 1:
+        raise TlpError(f"max_rejected_fraction={params['max_rejected_fraction']} must be "
+                       "in [0, 1].")
     if require_data_dir and not params.get("data_dir"):
         raise TlpError("data_dir is required: a folder with one sub-folder of images per class.")
     weights = params["weights"]
     if local:
         preprocess.scan_class_folders(params["data_dir"])
+        previous = params["previous_manifest"]
+        if previous and "://" not in previous and not Path(previous).is_file():
+            raise TlpError(f"previous_manifest {previous} does not exist: pass the manifest "
+                           "Parquet file of an earlier run, or leave it empty.")
         if weights not in ("imagenet", "none") and "://" not in weights \
                 and not Path(weights).is_file():
             raise TlpError(f"weights file {weights} does not exist: pass weights=imagenet, "

@@ -105,6 +105,12 @@ def create_pipeline(cluster: ClusterOptions | None = None):
         validation_ratio: float = configs.VALIDATION_RATIO,
         test_ratio: float = configs.TEST_RATIO,
         seed: int = configs.SEED,
+        resize_mode: str = configs.RESIZE_MODE,
+        num_workers: int = configs.NUM_WORKERS,
+        min_images_per_class: int = configs.MIN_IMAGES_PER_CLASS,
+        max_rejected_fraction: float = configs.MAX_REJECTED_FRACTION,
+        max_image_pixels: int = configs.MAX_IMAGE_PIXELS,
+        previous_manifest: str = configs.PREVIOUS_MANIFEST,
         batch_size: int = configs.BATCH_SIZE,
         pooling: str = configs.POOLING,
         head_dense_units: str = configs.HEAD_DENSE_UNITS,
@@ -156,6 +162,12 @@ def create_pipeline(cluster: ClusterOptions | None = None):
             validation_ratio: Fraction of each class for validation.
             test_ratio: Fraction of each class for the test split.
             seed: Seed for the split, shuffling and weight initialisation.
+            resize_mode: stretch (ignore aspect ratio), pad (letterbox) or crop (centre).
+            num_workers: Preprocess worker processes; 0: one per CPU.
+            min_images_per_class: Fail if a class keeps fewer usable images than this.
+            max_rejected_fraction: Fail if a larger fraction of the input files is rejected.
+            max_image_pixels: Reject larger images (guards against decompression bombs).
+            previous_manifest: Manifest of an earlier run: its images keep their split.
             batch_size: Images per training step.
             pooling: Head pooling: avg (global average) or flatten.
             head_dense_units: Hidden dense layers of the head, e.g. 256,128 (empty: none).
@@ -211,7 +223,11 @@ def create_pipeline(cluster: ClusterOptions | None = None):
                         cache_budget_mb=cache_budget_mb, seed=seed)
         prep = kfp_steps.preprocess(
             data_dir=data_dir, image_size=image_size, train_ratio=train_ratio,
-            validation_ratio=validation_ratio, test_ratio=test_ratio, seed=seed)
+            validation_ratio=validation_ratio, test_ratio=test_ratio, seed=seed,
+            resize_mode=resize_mode, num_workers=num_workers,
+            min_images_per_class=min_images_per_class,
+            max_rejected_fraction=max_rejected_fraction, max_image_pixels=max_image_pixels,
+            previous_manifest=previous_manifest)
         dataset = prep.outputs["dataset"]
         train = kfp_steps.train(
             dataset=dataset, backbone=backbone, weights=weights, pooling=pooling,

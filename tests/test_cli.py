@@ -37,6 +37,10 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     (["--top-k", "0"], "top_k=0 must be at least 1"),
     (["--baseline-model", "/no/such.keras"], "baseline_model /no/such.keras does not exist"),
     (["--export-destination", "s3://b/m"], "only local folders are supported"),
+    (["--resize-mode", "squash"], "resize_mode='squash'; choose one of stretch, pad, crop"),
+    (["--max-rejected-fraction", "1.5"], "max_rejected_fraction=1.5 must be in [0, 1]"),
+    (["--min-images-per-class", "0"], "min_images_per_class=0 must be at least 1"),
+    (["--previous-manifest", "/no/m.parquet"], "previous_manifest /no/m.parquet does not exist"),
 ])
 def test_bad_input_stops_with_one_clear_message(capsys, tmp_path, argv, message):
     assert cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"), *argv]) == 2

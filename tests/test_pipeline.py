@@ -75,7 +75,11 @@ def test_local_run_produces_every_artifact(local_run):
     manifest = pq.read_table(one("**/preprocess/manifest")).to_pylist()
     assert len(manifest) == 31
     [broken] = [r for r in manifest if r["status"] == "rejected"]
-    assert broken["source_path"].endswith("broken.jpg") and "unreadable" in broken["reason"]
+    assert broken["source_path"].endswith("broken.jpg") and broken["reason"] == "unreadable"
+    summary = metadata["summary"]
+    assert (summary["inputs"], summary["written"], summary["rejected"]) == (31, 30, 1)
+    outputs = json.loads(one("**/preprocess/executor_output.json").read_text())["artifacts"]
+    assert outputs["summary"]["artifacts"][0]["metadata"] == summary  # The KFP Metrics.
     assert one("**/train/model.keras").is_file()
     assert one("**/fine-tune/model.keras").is_file()
     history = json.loads(one("**/fine-tune/history").read_text())

@@ -1,4 +1,8 @@
-import json
+import io
+import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -6,11 +10,16 @@ import pytest
 
 from components import preprocess
 from components.errors import TlpError
-from conftest import make_image_folder
+from conftest import make_image, make_image_folder
 
 
-def _splits(dataset_dir):
-    return json.loads((dataset_dir / "metadata.json").read_text())
+def _run(data, out_dir, **options):
+    """One in-process worker unless a test asks for more: spawning costs a second."""
+    options = {"num_workers": 1, "min_images_per_class": 1, **options}
+    ratios = options.pop("ratios", (0.6, 0.2, 0.2))
+    metadata = preprocess.run(str(data), str(out_dir / "out"), str(out_dir / "m.parquet"), 32,
+                              *ratios, options.pop("seed", 1), **options)
+    return metadata, pq.read_table(out_dir / "m.parquet").to_pylist()
 
 
 def test_split_is_deterministic_and_stratified(tmp_path):
@@ -51,15 +60,130 @@ def test_outputs_shards_metadata_and_manifest(tmp_path, image_folder):
     assert metadata["num_rejected"] == 2
     for split in ("train", "validation", "test"):
         assert (tmp_path / "out" / f"{split}-00000-of-00001.tfrecord").is_file()
-    assert not list((tmp_path / "out").glob("*.partial"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "metadata.json", "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
+        "validation-00000-of-00001.tfrecord"]  # No partial shard, no spool left.
     rows = pq.read_table(tmp_path / "m.parquet").to_pylist()
     assert len(rows) == 32  # Every input file, written or not.
     rejected = {r["source_path"].rsplit("/", 1)[1]: r for r in rows if r["status"] == "rejected"}
     assert rejected.keys() == {"corrupt.png", "notes.txt"}
-    assert rejected["corrupt.png"]["reason"].startswith("unreadable image")
-    assert rejected["notes.txt"]["reason"] == "unsupported file type '.txt'"
+    assert rejected["corrupt.png"]["reason"] == "unreadable"
+    assert rejected["notes.txt"]["reason"] == "unsupported"
+    assert rejected["notes.txt"]["detail"] == "file type '.txt'"
     assert all(r["split"] is None for r in rejected.values())
     assert all(len(r["sha256"]) == 64 for r in rows if r["status"] == "written")
+
+
+def _ratio_bounds_hold(rows, ratios):
+    per_class = Counter(r["label"] for r in rows if r["status"] == "written")
+    splits = Counter((r["label"], r["split"]) for r in rows if r["status"] == "written")
+    return all(abs(splits[label, split] - ratio * total) <= 1
+               for label, total in per_class.items() for split, ratio in ratios.items())
+
+
+def test_split_is_stratified_within_one_image_per_class(tmp_path):
+    data = make_image_folder(tmp_path / "images", {"red": 7, "green": 13, "blue": 31})
+    _, rows = _run(data, tmp_path, ratios=(0.7, 0.2, 0.1))
+    assert _ratio_bounds_hold(rows, {"train": 0.7, "validation": 0.2, "test": 0.1})
+
+
+def test_added_images_never_move_existing_ones(tmp_path):
+    ratios = {"train": 0.7, "validation": 0.2, "test": 0.1}
+    data = make_image_folder(tmp_path / "images", {"red": 20, "green": 11, "blue": 5})
+    _, before = _run(data, tmp_path / "a", ratios=ratios.values())
+    make_image_folder(data, {"red": 37, "green": 30, "blue": 23})  # Same first images, more.
+    _, after = _run(data, tmp_path / "b", ratios=ratios.values(),
+                    previous_manifest=str(tmp_path / "a" / "m.parquet"))
+    old = {r["sha256"]: r["split"] for r in before}
+    moved = [r for r in after if r["sha256"] in old and r["split"] != old[r["sha256"]]]
+    assert len(after) == 90 and len(old) == 36 and not moved
+    assert _ratio_bounds_hold(after, ratios)
+
+
+def test_split_ignores_file_names(tmp_path):
+    data = make_image_folder(tmp_path / "images", {"red": 10, "green": 10})
+    _, before = _run(data, tmp_path / "a")
+    for path in sorted(data.rglob("*.png")):
+        path.rename(path.with_name(path.stem[::-1] + ".png"))
+    _, after = _run(data, tmp_path / "b")
+    assert sorted((r["sha256"], r["split"]) for r in before) == sorted(
+        (r["sha256"], r["split"]) for r in after)
+
+
+def test_duplicates_written_once_and_label_conflicts_kept_out(tmp_path, image_folder):
+    shutil.copy(image_folder / "red" / "red-000.png", image_folder / "red" / "zz-copy.png")
+    shutil.copy(image_folder / "green" / "green-001.png", image_folder / "blue" / "oops.png")
+    metadata, rows = _run(image_folder, tmp_path)
+    by_name = {r["source_path"].rsplit("/", 1)[1]: r for r in rows}
+    assert by_name["zz-copy.png"]["status"] == "duplicate"
+    assert by_name["zz-copy.png"]["detail"].endswith("red-000.png")
+    assert by_name["red-000.png"]["status"] == "written"
+    for name in ("oops.png", "green-001.png"):
+        assert (by_name[name]["status"], by_name[name]["reason"]) == ("rejected", "conflict")
+        assert "blue, green" in by_name[name]["detail"]
+    assert sum(metadata["num_examples"].values()) == 29
+    assert metadata["summary"]["duplicates"] == 1 and metadata["summary"]["rejected"] == 2
+
+
+def _jpeg_bytes(size=(40, 30)):
+    out = io.BytesIO()
+    make_image((200, 30, 30), size, 0).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_every_rejection_reason_and_the_summary_reconciles(tmp_path, image_folder):
+    red = image_folder / "red"
+    (red / "garbage.jpg").write_bytes(b"not an image")
+    (red / "cut.jpg").write_bytes(_jpeg_bytes()[:400])
+    (red / "notes.txt").write_text("text")
+    make_image((200, 30, 30), (120, 100), 5).save(red / "huge.png")
+    shutil.copy(red / "red-002.png", image_folder / "green" / "mislabelled.png")
+    shutil.copy(red / "red-003.png", red / "again.png")
+    metadata, rows = _run(image_folder, tmp_path, max_image_pixels=10_000,
+                          max_rejected_fraction=0.5)
+    reasons = {r["source_path"].rsplit("/", 1)[1]: r["reason"] for r in rows
+               if r["status"] == "rejected"}
+    assert reasons == {"garbage.jpg": "unreadable", "cut.jpg": "truncated",
+                       "notes.txt": "unsupported", "huge.png": "too large",
+                       "mislabelled.png": "conflict", "red-002.png": "conflict"}
+    summary = metadata["summary"]
+    statuses = Counter(r["status"] for r in rows)
+    assert summary["inputs"] == len(rows) == 36
+    assert summary["inputs"] == summary["written"] + summary["duplicates"] + summary["rejected"]
+    assert (summary["written"], summary["duplicates"], summary["rejected"]) == (
+        statuses["written"], statuses["duplicate"], statuses["rejected"]) == (29, 1, 6)
+    assert summary["rejected_conflict"] == 2 and summary["rejected_too_large"] == 1
+    assert summary["written"] == sum(metadata["num_examples"].values())
+
+
+def test_too_many_rejections_fail_after_writing_the_manifest(tmp_path, image_folder):
+    for i in range(4):
+        (image_folder / "red" / f"bad-{i}.jpg").write_bytes(b"junk")
+    with pytest.raises(TlpError, match="4 of 34 files were rejected.*max_rejected_fraction=0.1"):
+        _run(image_folder, tmp_path, max_rejected_fraction=0.1)
+    assert len(pq.read_table(tmp_path / "m.parquet")) == 34
+    assert not (tmp_path / "out" / "metadata.json").exists()
+
+
+def test_class_under_the_minimum_fails(tmp_path, image_folder):
+    for path in list((image_folder / "blue").iterdir())[3:]:
+        path.write_bytes(b"junk")
+    with pytest.raises(TlpError, match=r"min_images_per_class=4: blue \(3\)"):
+        _run(image_folder, tmp_path, min_images_per_class=4, max_rejected_fraction=1)
+
+
+def test_workers_produce_identical_output_and_reruns_are_idempotent(tmp_path, image_folder):
+    _run(image_folder, tmp_path / "one")
+    out = tmp_path / "two" / "out"
+    out.mkdir(parents=True)
+    # What a killed run with another sharding leaves behind.
+    (out / "train-00000-of-00002.tfrecord").write_bytes(b"old")
+    (out / "train-00001-of-00002.tfrecord.partial").write_bytes(b"half")
+    _run(image_folder, tmp_path / "two", num_workers=2)
+    names = sorted(p.name for p in (tmp_path / "one" / "out").iterdir())
+    assert names == sorted(p.name for p in out.iterdir())
+    for name in names:
+        assert (tmp_path / "one" / "out" / name).read_bytes() == (out / name).read_bytes()
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".bmp", ".gif", ".webp"])
@@ -106,5 +230,26 @@ def test_bad_ratios_are_rejected(ratios, message):
 def test_empty_split_is_an_error(tmp_path):
     data = make_image_folder(tmp_path / "images", {"red": 2, "blue": 2})
     with pytest.raises(TlpError, match="split is empty"):
-        preprocess.run(str(data), str(tmp_path / "out"), str(tmp_path / "m.parquet"), 32,
-                       0.8, 0.1, 0.1, seed=1)
+        _run(data, tmp_path, ratios=(0.8, 0.1, 0.1))
+
+
+def test_killed_run_then_rerun_gives_the_same_output(tmp_path):
+    data = make_image_folder(tmp_path / "images", {"red": 150, "blue": 150}, size=(300, 200))
+    killed = tmp_path / "killed"
+    script = (f"from components import preprocess; preprocess.run({str(data)!r}, "
+              f"{str(killed / 'out')!r}, {str(killed / 'm.parquet')!r}, 32, 0.6, 0.2, 0.2, 1, "
+              "num_workers=1)")
+    process = subprocess.Popen([sys.executable, "-c", script])
+    while not (killed / "out").exists():  # Created once the files are listed.
+        assert process.poll() is None
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not (killed / "out" / "metadata.json").exists()
+    _run(data, killed)
+    _run(data, tmp_path / "clean")
+    names = sorted(p.name for p in (tmp_path / "clean" / "out").iterdir())
+    assert names == sorted(p.name for p in (killed / "out").iterdir())
+    for name in names:
+        assert (killed / "out" / name).read_bytes() == (tmp_path / "clean" / "out" / name
+                                                        ).read_bytes()

@@ -1,0 +1,97 @@
+"""Preprocess throughput (images/s): our step with 1 and 2 workers vs a naive PIL loop.
+
+Source images are camera-sized: Fashion-MNIST (Debian package dataset-fashion-mnist) upscaled
+to 640x640 RGB JPEG (quality 90), made once into --images-dir. Everything is resized to 160.
+
+    .venv/bin/python -m bench.preprocess_throughput [--count 2000]
+"""
+import argparse
+import io
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from components import configs, fashion_mnist, preprocess, tfrecords
+
+SIZE = 160
+
+
+def _save_photo(args: tuple[np.ndarray, Path]) -> None:
+    pixels, path = args
+    Image.fromarray(pixels).convert("RGB").resize((640, 640), Image.Resampling.BICUBIC).save(
+        path, format="JPEG", quality=90)
+
+
+def make_images(root: Path, count: int) -> Path:
+    """The first `count` training images as root/<class>/NNNNN.jpg (kept between runs)."""
+    if len(list(root.glob("*/*.jpg"))) == count:
+        return root
+    images, labels = fashion_mnist.load("train")
+    images, labels = images[:count], labels[:count]
+    for name in fashion_mnist.CLASS_NAMES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    jobs = [(image, root / fashion_mnist.CLASS_NAMES[label] / f"{i:05d}.jpg")
+            for i, (image, label) in enumerate(zip(images, labels))]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_save_photo, jobs, chunksize=64))
+    return root
+
+
+def naive_loop(root: Path, out: Path) -> int:
+    """What a user writes first: one process, open, convert, resize, encode, write."""
+    files = sorted(root.glob("*/*.jpg"))
+    with tf.io.TFRecordWriter(str(out / "naive.tfrecord")) as writer:
+        for path in files:
+            image = Image.open(path).convert("RGB").resize((SIZE, SIZE),
+                                                          Image.Resampling.BILINEAR)
+            encoded = io.BytesIO()
+            image.save(encoded, format="JPEG", quality=configs.JPEG_QUALITY)
+            label = fashion_mnist.CLASS_NAMES.index(path.parent.name)
+            writer.write(tfrecords.make_example(encoded.getvalue(), label, path.parent.name,
+                                                path.name, "", SIZE).SerializeToString())
+    return len(files)
+
+
+def timed(task) -> tuple[int, float]:
+    started = time.perf_counter()
+    count = task()
+    return count, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2000, help="source images (max 60000)")
+    parser.add_argument("--images-dir", type=Path,
+                        default=Path.home() / ".cache" / "tlp" / "bench-fashion-mnist-640")
+    args = parser.parse_args()
+    root = make_images(args.images_dir / str(args.count), args.count)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+
+        def ours(workers: int):
+            def task() -> int:
+                metadata = preprocess.run(str(root), str(tmp / f"w{workers}"),
+                                          str(tmp / f"w{workers}.parquet"), SIZE, 0.8, 0.1,
+                                          0.1, 42, num_workers=workers)
+                return metadata["summary"]["inputs"]
+            return task
+
+        results["naive PIL loop"] = timed(lambda: naive_loop(root, tmp))
+        results["tlp, 1 worker"] = timed(ours(1))
+        results["tlp, 2 workers"] = timed(ours(2))
+    print(f"\n{args.count} images 640x640 JPEG -> {SIZE}x{SIZE} JPEG TFRecords")
+    rate = {name: count / seconds for name, (count, seconds) in results.items()}
+    for name, value in rate.items():
+        print(f"  {name:16s} {value:8.1f} images/s ({results[name][1]:.1f} s)")
+    print(f"  2 workers / 1 worker:    {rate['tlp, 2 workers'] / rate['tlp, 1 worker']:.2f}x")
+    print(f"  2 workers / naive loop:  {rate['tlp, 2 workers'] / rate['naive PIL loop']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Image decoding for the preprocess step: any input mode -> 8-bit RGB, resized, as JPEG.
+
+Only PIL and NumPy here (no TensorFlow), so worker processes start fast.
+"""
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from components import configs
+
+RESIZE_MODES = ("stretch", "pad", "crop")
+WHITE = (255, 255, 255)
+
+
+class Rejected(Exception):
+    """An input that cannot become a training image; reason is one of configs.REJECT_REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    image_size: int
+    resize_mode: str = configs.RESIZE_MODE
+    max_pixels: int = configs.MAX_IMAGE_PIXELS
+
+
+@dataclass
+class Encoded:
+    """What a worker returns for one file: its hash and JPEG bytes, or why it was rejected."""
+    sha256: str
+    jpeg: bytes = b""
+    reason: str = ""
+    detail: str = ""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16/32-bit greyscale is scaled (not clipped), transparency is
+    composited on white, palette, CMYK, 1-bit and greyscale are converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit PNGs and TIFFs open as I or I;16; convert("L") would clip at 255.
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+            image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def resize(image: Image.Image, size: int, mode: str) -> Image.Image:
+    """stretch: ignore the aspect ratio; pad: fit inside and letterbox with black;
+    crop: fill and cut the centre."""
+    target = (size, size)
+    method = Image.Resampling.BILINEAR
+    if mode == "stretch":
+        return image.resize(target, method)
+    if mode == "pad":
+        return ImageOps.pad(image, target, method, color=(0, 0, 0))
+    if mode == "crop":
+        return ImageOps.fit(image, target, method)
+    raise ValueError(f"resize_mode={mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+
+
+def _read_error(error: OSError) -> Rejected:
+    reason = "truncated" if "truncated" in str(error).lower() else "unreadable"
+    return Rejected(reason, str(error))
+
+
+def encode_image(data: bytes, options: EncodeOptions) -> bytes:
+    """Decodes any PIL-readable image, applies EXIF orientation, converts to 8-bit RGB,
+    resizes to image_size x image_size and returns JPEG bytes. Raises Rejected."""
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below applies; PIL still refuses over twice its default.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise Rejected("too large", str(error)) from error
+    except UnidentifiedImageError as error:
+        raise Rejected("unreadable", "not an image PIL can identify") from error
+    except OSError as error:  # A header cut short.
+        raise _read_error(error) from error
+    with image:
+        pixels = image.width * image.height
+        if pixels > options.max_pixels:  # Checked on the header, before decoding.
+            raise Rejected("too large", f"{image.width}x{image.height} = {pixels} pixels, "
+                                        f"over max_image_pixels={options.max_pixels}")
+        # JPEG only: decode at the smallest 1/2^k scale still >= the target (much faster).
+        image.draft("RGB", (options.image_size, options.image_size))
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image = resize(to_rgb(image), options.image_size, options.resize_mode)
+        except OSError as error:
+            raise _read_error(error) from error
+        except (ValueError, SyntaxError, EOFError) as error:
+            raise Rejected("unreadable", str(error)) from error
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=configs.JPEG_QUALITY)
+    return out.getvalue()
+
+
+def hash_and_encode(path: str, options: EncodeOptions) -> Encoded:
+    """The worker task: one file in, its sha256 and JPEG (or rejection) out."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return Encoded("", reason="unreadable", detail=str(error))
+    result = Encoded(hashlib.sha256(data).hexdigest())
+    try:
+        result.jpeg = encode_image(data, options)
+    except Rejected as rejected:
+        result.reason, result.detail = rejected.reason, rejected.detail
+    return result
