@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components import configs, fashion_mnist, preprocess, tfrecords
+from components import configs, fashion_mnist, images, tfrecords
 
 
 def write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -18,13 +18,14 @@ def write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]
     names = fashion_mnist.CLASS_NAMES
     metadata = {"class_names": names, "num_classes": len(names), "image_size": image_size,
                 "image_format": "jpeg", "counts": {}, "shards": {}, "num_examples": {}}
-    for split, (images, labels) in splits.items():
+    options = images.EncodeOptions(image_size)
+    for split, (pixels, labels) in splits.items():
         def examples():
-            for index, (image, label) in enumerate(zip(images, labels)):
+            for index, (image, label) in enumerate(zip(pixels, labels)):
                 png = io.BytesIO()
                 Image.fromarray(image).save(png, format="PNG")
                 yield tfrecords.make_example(
-                    preprocess.encode_image(png.getvalue(), image_size), int(label),
+                    images.encode_image(png.getvalue(), options), int(label),
                     names[label], f"{split}-{index:05d}.png",
                     hashlib.sha256(png.getvalue()).hexdigest(), image_size)
 
