@@ -20,8 +20,9 @@ from components.evaluation import predict_split
 
 
 def test_accuracy(model_path: Path, dataset: Path) -> float:
-    _, _, scores = predict_split(keras.models.load_model(model_path), str(dataset), "test", 256)
-    return scores["accuracy"]
+    predictions = predict_split(keras.models.load_model(model_path), str(dataset), "test", 256,
+                                keep_wrong=0)
+    return float((predictions.probs.argmax(axis=1) == predictions.labels).mean())
 
 
 def run(weights: str, dataset: Path, work: Path, args: argparse.Namespace) -> dict:
