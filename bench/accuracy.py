@@ -16,13 +16,14 @@ import keras
 
 from bench.common import write_dataset
 from components import demo_weights, fashion_mnist, model as model_lib, training
-from components.evaluation import predict_split
+from components.evaluation import compute_metrics, predict_split
 
 
 def test_accuracy(model_path: Path, dataset: Path) -> float:
     predictions = predict_split(keras.models.load_model(model_path), str(dataset), "test", 256,
                                 keep_wrong=0)
-    return float((predictions.probs.argmax(axis=1) == predictions.labels).mean())
+    return compute_metrics(predictions.labels, predictions.probs, fashion_mnist.CLASS_NAMES,
+                           top_k=1)["accuracy"]
 
 
 def run(weights: str, dataset: Path, work: Path, args: argparse.Namespace) -> dict:

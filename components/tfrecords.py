@@ -51,8 +51,10 @@ def read_metadata(dataset_dir: str | Path) -> dict:
     return json.loads((Path(dataset_dir) / configs.METADATA_FILE).read_text())
 
 
-def shard_files(dataset_dir: str | Path, split: str) -> list[str]:
-    return [str(Path(dataset_dir) / name) for name in read_metadata(dataset_dir)["shards"][split]]
+def shard_files(dataset_dir: str | Path, split: str, metadata: dict | None = None) -> list[str]:
+    """The split's shard paths; pass the metadata when already read."""
+    metadata = metadata or read_metadata(dataset_dir)
+    return [str(Path(dataset_dir) / name) for name in metadata["shards"][split]]
 
 
 def decode_example(serialized: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -68,7 +70,7 @@ def load_split(dataset_dir: str | Path, split: str, batch_size: int, *, training
     images are cached in memory when the split fits the budget; training data is shuffled."""
     metadata = read_metadata(dataset_dir)
     image_size = metadata["image_size"]
-    files = shard_files(dataset_dir, split)
+    files = shard_files(dataset_dir, split, metadata)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
         dataset = dataset.shuffle(len(files), seed=seed)
