@@ -59,7 +59,9 @@ SHARD_TARGET_BYTES = 128 * 1024 * 1024
 JPEG_QUALITY = 95
 # Manifest statuses, and the reasons a file is rejected.
 STATUSES = ("written", "duplicate", "rejected")
-REJECT_REASONS = ("unreadable", "truncated", "unsupported", "too large", "conflict")
+REJECT_REASONS = ("unreadable", "truncated", "unsupported", "too large", "conflict", "missing",
+                  "unlabelled")
+LISTING_COLUMNS = ("path", "label")  # Of a .csv/.parquet listing source.
 METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.txt"
 KERAS_MODEL_FILE = "model.keras"
@@ -88,6 +90,8 @@ MIN_IMAGES_PER_CLASS = 5
 MAX_REJECTED_FRACTION = 0.1
 NUM_WORKERS = 0  # 0: one worker process per CPU of the machine running the step.
 PREVIOUS_MANIFEST = ""
+TFDS_DATA_DIR = ""  # Empty: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+TFDS_SPLITS = ""  # Empty: every split of the dataset.
 BATCH_SIZE = 32
 POOLING = "avg"
 DROPOUT = 0.2

@@ -1,17 +1,17 @@
 """Image decoding for the preprocess step: any input mode -> 8-bit RGB, resized, as JPEG.
 
-Only PIL and NumPy here (no TensorFlow), so worker processes start fast.
+Only PIL and NumPy here (no TensorFlow), so worker processes start fast; inputs are read
+through components.sources.
 """
 import hashlib
 import io
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from components import configs
+from components import configs, sources
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 WHITE = (255, 255, 255)
@@ -111,10 +111,13 @@ def encode_image(data: bytes, options: EncodeOptions) -> bytes:
     return out.getvalue()
 
 
-def hash_and_encode(path: str, options: EncodeOptions) -> Encoded:
-    """The worker task: one file in, its sha256 and JPEG (or rejection) out."""
+def hash_and_encode(ref: str | bytes, options: EncodeOptions) -> Encoded:
+    """The worker task: one input (a path, bucket URI or the bytes themselves) in, its sha256
+    and JPEG (or rejection) out. Bucket objects are read here, in the worker, in parallel."""
     try:
-        data = Path(path).read_bytes()
+        data = sources.read(ref)
+    except FileNotFoundError as error:
+        return Encoded("", reason="missing", detail=str(error))
     except OSError as error:
         return Encoded("", reason="unreadable", detail=str(error))
     result = Encoded(hashlib.sha256(data).hexdigest())

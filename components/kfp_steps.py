@@ -20,8 +20,8 @@ gpu_component = functools.partial(dsl.component, base_image=configs.GPU_IMAGE,
 def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ratio: float,
                test_ratio: float, seed: int, resize_mode: str, num_workers: int,
                min_images_per_class: int, max_rejected_fraction: float, max_image_pixels: int,
-               previous_manifest: str, dataset: Output[Dataset], manifest: Output[Dataset],
-               summary: Output[Metrics]):
+               previous_manifest: str, tfds_data_dir: str, tfds_splits: str,
+               dataset: Output[Dataset], manifest: Output[Dataset], summary: Output[Metrics]):
     """Resizes, splits and writes the images as sharded TFRecords plus a manifest; the
     summary counts reconcile: inputs = written + duplicates + rejected."""
     from components import preprocess as lib
@@ -30,7 +30,8 @@ def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ra
                        validation_ratio, test_ratio, seed, resize_mode=resize_mode,
                        num_workers=num_workers, min_images_per_class=min_images_per_class,
                        max_rejected_fraction=max_rejected_fraction,
-                       max_image_pixels=max_image_pixels, previous_manifest=previous_manifest)
+                       max_image_pixels=max_image_pixels, previous_manifest=previous_manifest,
+                       tfds_data_dir=tfds_data_dir, tfds_splits=tfds_splits)
     dataset.metadata.update({key: metadata[key] for key in
                              ("class_names", "image_size", "num_examples", "num_rejected")})
     for name, value in metadata["summary"].items():

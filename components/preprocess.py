@@ -1,4 +1,5 @@
-"""Preprocess step: class folders of images -> resized, split, sharded JPEG TFRecords.
+"""Preprocess step: images of any source (components.sources) -> resized, split, sharded
+JPEG TFRecords.
 
 Writes `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` (with a summary) into the
 dataset folder, and a Parquet manifest with one row per input file. Every input file ends in
@@ -22,15 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from components import configs, images, tfrecords
+from components import configs, images, sources, tfrecords
 from components.errors import TlpError
 
 
 @dataclass
 class SourceFile:
-    path: Path
+    path: str  # A local path, a bucket URI or a TFDS id (tfds:NAME/SPLIT/INDEX).
     label: str
-    label_index: int
+    label_index: int  # -1 when unlabelled.
+    ref: str | bytes = ""  # Where a worker reads it from (sources.read): path/URI or bytes.
     sha256: str = ""
     status: str = "pending"  # Then one of configs.STATUSES.
     reason: str = ""
@@ -38,6 +40,10 @@ class SourceFile:
     split: str | None = None
     offset: int = 0  # Where its encoded JPEG lies in the spool file.
     length: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
 
     def reject(self, reason: str, detail: str) -> None:
         self.status, self.reason, self.detail = "rejected", reason, detail
@@ -56,35 +62,19 @@ def validate_ratios(train_ratio: float, validation_ratio: float, test_ratio: flo
                        f"validation_ratio={validation_ratio}, test_ratio={test_ratio}.")
 
 
-def scan_class_folders(data_dir: str | Path) -> tuple[list[str], list[SourceFile]]:
-    """Lists the image files of a folder holding one sub-folder per class.
-
-    Raises TlpError for a missing folder, fewer than 2 classes or a class without images.
-    Files with other extensions are returned as rejected, so nothing goes unaccounted for.
-    """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise TlpError(f"data folder {root} does not exist or is not a folder: pass "
-                       "--data-dir with a folder holding one sub-folder per class.")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(class_dirs) < 2:
-        raise TlpError(f"data folder {root} has {len(class_dirs)} class sub-folder(s); "
-                       "a classifier needs at least 2 (one sub-folder per class).")
-    class_names = [d.name for d in class_dirs]
+def list_inputs(data_dir: str, tfds_data_dir: str = configs.TFDS_DATA_DIR,
+                tfds_splits: str = configs.TFDS_SPLITS) -> tuple[list[str], list[SourceFile]]:
+    """The class names and every input of the source (see components.sources), those the
+    listing already rejects included, so nothing goes unaccounted for."""
+    listing = sources.list_source(data_dir, tfds_data_dir, tfds_splits)
+    index = {name: i for i, name in enumerate(listing.class_names)}
     files = []
-    for index, class_dir in enumerate(class_dirs):
-        entries = sorted(p for p in class_dir.rglob("*")
-                         if p.is_file() and not p.name.startswith("."))
-        if not any(p.suffix.lower() in configs.IMAGE_EXTENSIONS for p in entries):
-            raise TlpError(f"class folder {class_dir} holds no images "
-                           f"({', '.join(sorted(configs.IMAGE_EXTENSIONS))}): add images "
-                           "or remove the folder.")
-        for path in entries:
-            source = SourceFile(path, class_dir.name, index)
-            if path.suffix.lower() not in configs.IMAGE_EXTENSIONS:
-                source.reject("unsupported", f"file type {path.suffix!r}")
-            files.append(source)
-    return class_names, files
+    for entry in listing.entries:
+        source = SourceFile(entry.uri, entry.label, index.get(entry.label, -1), entry.ref)
+        if entry.reason:
+            source.reject(entry.reason, entry.detail)
+        files.append(source)
+    return listing.class_names, files
 
 
 def resolve_workers(num_workers: int) -> int:
@@ -109,7 +99,7 @@ def encode_all(files: list[SourceFile], options: images.EncodeOptions, num_worke
     """Hashes and encodes the pending files in worker processes, appending each JPEG to the
     spool file as it arrives, so memory holds only what is in flight."""
     pending = [s for s in files if s.status == "pending"]
-    results = _encoded_stream([str(s.path) for s in pending], options, num_workers)
+    results = _encoded_stream([s.ref for s in pending], options, num_workers)
     for source, result in zip(pending, tqdm(results, total=len(pending), desc="preprocess",
                                             unit="img", mininterval=2)):
         source.sha256 = result.sha256
@@ -201,7 +191,7 @@ def write_split(files: list[SourceFile], split: str, class_names: list[str],
     def example(source: SourceFile):
         encoded = os.pread(spool.fileno(), source.length, source.offset)
         return tfrecords.make_example(encoded, source.label_index,
-                                      class_names[source.label_index], source.path.name,
+                                      class_names[source.label_index], source.name,
                                       source.sha256, image_size)
 
     shard_names = []
@@ -278,11 +268,13 @@ def run(data_dir: str, output_dir: str, manifest_path: str, image_size: int,
         min_images_per_class: int = configs.MIN_IMAGES_PER_CLASS,
         max_rejected_fraction: float = configs.MAX_REJECTED_FRACTION,
         max_image_pixels: int = configs.MAX_IMAGE_PIXELS,
-        previous_manifest: str = configs.PREVIOUS_MANIFEST) -> dict:
+        previous_manifest: str = configs.PREVIOUS_MANIFEST,
+        tfds_data_dir: str = configs.TFDS_DATA_DIR,
+        tfds_splits: str = configs.TFDS_SPLITS) -> dict:
     """Runs the whole preprocess step and returns the metadata it wrote (with `summary`).
     The manifest is written even when the outcome checks then fail, to show why."""
     validate_ratios(train_ratio, validation_ratio, test_ratio)
-    class_names, files = scan_class_folders(data_dir)
+    class_names, files = list_inputs(data_dir, tfds_data_dir, tfds_splits)
     pinned = read_pinned_splits(previous_manifest)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

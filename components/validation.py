@@ -3,7 +3,7 @@ clear message rather than deep inside a step."""
 from pathlib import Path
 
 from components import (accelerators, backbones, images, model as model_lib, preprocess,
-                        training)
+                        sources, storage, training)
 from components.errors import TlpError
 
 
@@ -20,6 +20,26 @@ def _validate_fine_tune_layers(params: dict) -> None:
     elif isinstance(model_lib.parse_unfreeze(spec), str):
         base = backbones.build_backbone(params["backbone"], params["image_size"], "none")
         model_lib.layers_to_unfreeze(base, spec)
+
+
+def _validate_source(params: dict, local: bool) -> None:
+    """Local folders and listings are listed in full (it is quick); buckets and TFDS datasets
+    are only checked for form here, and listed by the preprocess step."""
+    source = params.get("data_dir")
+    source_kind = sources.kind(source) if source else ""
+    for name in ("tfds_data_dir", "tfds_splits"):
+        if params[name] and source_kind != "tfds":
+            raise TlpError(f"{name}={params[name]!r} applies to tfds: sources only, and "
+                           f"data_dir={source!r} is not one: leave it empty.")
+    if not local or not source:
+        return
+    if source_kind == "tfds":
+        data_dir = params["tfds_data_dir"]
+        if data_dir and not storage.is_remote(data_dir) and not Path(data_dir).is_dir():
+            raise TlpError(f"tfds_data_dir {data_dir} does not exist: pass the folder the "
+                           "dataset was prepared in, or leave it empty.")
+    elif not storage.is_remote(source):
+        sources.list_source(source)
 
 
 def validate_parameters(params: dict, local: bool, require_data_dir: bool = True) -> None:
@@ -61,10 +81,10 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
         raise TlpError(f"max_rejected_fraction={params['max_rejected_fraction']} must be "
                        "in [0, 1].")
     if require_data_dir and not params.get("data_dir"):
-        raise TlpError("data_dir is required: a folder with one sub-folder of images per class.")
+        raise TlpError(f"data_dir is required: {sources.FORMS}.")
+    _validate_source(params, local)
     weights = params["weights"]
     if local:
-        preprocess.scan_class_folders(params["data_dir"])
         previous = params["previous_manifest"]
         if previous and "://" not in previous and not Path(previous).is_file():
             raise TlpError(f"previous_manifest {previous} does not exist: pass the manifest "

@@ -111,6 +111,8 @@ def create_pipeline(cluster: ClusterOptions | None = None):
         max_rejected_fraction: float = configs.MAX_REJECTED_FRACTION,
         max_image_pixels: int = configs.MAX_IMAGE_PIXELS,
         previous_manifest: str = configs.PREVIOUS_MANIFEST,
+        tfds_data_dir: str = configs.TFDS_DATA_DIR,
+        tfds_splits: str = configs.TFDS_SPLITS,
         batch_size: int = configs.BATCH_SIZE,
         pooling: str = configs.POOLING,
         head_dense_units: str = configs.HEAD_DENSE_UNITS,
@@ -154,7 +156,9 @@ def create_pipeline(cluster: ClusterOptions | None = None):
         """Transfer-learning image classifier.
 
         Args:
-            data_dir: Folder with one sub-folder of images per class.
+            data_dir: The images: a folder with one sub-folder per class (local path,
+                gs://bucket/prefix or s3://bucket/prefix), a .csv or .parquet listing of
+                path,label rows (local or in a bucket), or tfds:NAME[:CONFIG].
             backbone: keras.applications backbone, e.g. MobileNetV2, EfficientNetB0, ResNet50.
             weights: Backbone weights: imagenet, none, or the path/URI of a weights file.
             image_size: Images are resized to image_size x image_size pixels.
@@ -168,6 +172,9 @@ def create_pipeline(cluster: ClusterOptions | None = None):
             max_rejected_fraction: Fail if a larger fraction of the input files is rejected.
             max_image_pixels: Reject larger images (guards against decompression bombs).
             previous_manifest: Manifest of an earlier run: its images keep their split.
+            tfds_data_dir: For tfds: sources, the folder the dataset is prepared in (empty:
+                TFDS's default).
+            tfds_splits: For tfds: sources, the splits to read, e.g. train,test (empty: all).
             batch_size: Images per training step.
             pooling: Head pooling: avg (global average) or flatten.
             head_dense_units: Hidden dense layers of the head, e.g. 256,128 (empty: none).
@@ -227,7 +234,8 @@ def create_pipeline(cluster: ClusterOptions | None = None):
             resize_mode=resize_mode, num_workers=num_workers,
             min_images_per_class=min_images_per_class,
             max_rejected_fraction=max_rejected_fraction, max_image_pixels=max_image_pixels,
-            previous_manifest=previous_manifest)
+            previous_manifest=previous_manifest, tfds_data_dir=tfds_data_dir,
+            tfds_splits=tfds_splits)
         dataset = prep.outputs["dataset"]
         train = kfp_steps.train(
             dataset=dataset, backbone=backbone, weights=weights, pooling=pooling,

@@ -208,7 +208,7 @@ def test_missing_folder_is_an_error(tmp_path):
 
 def test_single_class_is_an_error(tmp_path):
     data = make_image_folder(tmp_path / "images", {"red": 3})
-    _expect_error_before_work(data, tmp_path, "has 1 class sub-folder.*at least 2")
+    _expect_error_before_work(data, tmp_path, r"has 1 class\(es\) \(red\).*at least 2")
 
 
 def test_empty_class_is_an_error(tmp_path):
