@@ -194,6 +194,16 @@ def _s3(environment: tuple) -> _S3:
     return _S3()
 
 
+def _forget_clients() -> None:
+    """A forked child (a preprocess worker) must open its own connections: sharing its
+    parent's kept-alive sockets interleaves responses between processes."""
+    _gcs.cache_clear()
+    _s3.cache_clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients)
+
+
 def _store(uri: str):
     """The backend for uri; clients are cached per configuring environment."""
     if uri.startswith("gs://"):

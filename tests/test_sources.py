@@ -1,6 +1,7 @@
 """Every kind of source: local folders, CSV and Parquet listings, TFDS datasets."""
 import csv
 import io
+import multiprocessing
 from collections import Counter
 
 import numpy as np
@@ -248,3 +249,14 @@ def test_empty_bucket_prefix_is_an_error(bucket):
     with pytest.raises(TlpError, match=f"no objects under {bucket}/nothing"):
         sources.list_source(f"{bucket}/nothing")
 
+
+def test_forked_workers_read_objects_intact_after_the_parent_used_the_client(bucket):
+    """Forked workers sharing the parent's kept-alive connection would read each other's
+    responses; storage gives each child its own clients."""
+    blobs = {f"{bucket}/o/{i:02d}": bytes([i]) * (50_000 + i) for i in range(16)}
+    for uri, data in blobs.items():
+        storage.write_bytes(uri, data)
+    for _ in range(4):
+        uris = storage.list_files(f"{bucket}/o")  # The parent's client holds a connection.
+        with multiprocessing.get_context("fork").Pool(4) as pool:
+            assert pool.map(sources.read, uris, chunksize=1) == [blobs[u] for u in uris]
