@@ -28,7 +28,7 @@ def _validate_source(params: dict, local: bool) -> None:
     source = params.get("data_dir")
     source_kind = sources.kind(source) if source else ""
     for name in ("tfds_data_dir", "tfds_splits"):
-        if params[name] and source_kind != "tfds":
+        if params[name] and source and source_kind != "tfds":
             raise TlpError(f"{name}={params[name]!r} applies to tfds: sources only, and "
                            f"data_dir={source!r} is not one: leave it empty.")
     if not local or not source:
