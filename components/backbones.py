@@ -1,12 +1,11 @@
 """Pretrained backbones from keras.applications, each with its own input preprocessing."""
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 from keras import applications as apps
 
+from components import storage
 from components.errors import TlpError
 
 BACKBONE_LAYER_NAME = "backbone"
@@ -70,21 +69,6 @@ class BackbonePreprocessing(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
-def _local_copy(uri: str) -> str:
-    """Weights given as a bucket URI are copied to a local file first (Keras loads local
-    files only); TensorFlow's filesystems handle gs:// and the like."""
-    if "://" not in uri:
-        if not Path(uri).is_file():
-            raise TlpError(f"weights file {uri} does not exist: pass weights=imagenet, "
-                           "weights=none or the path of a weights file.")
-        return uri
-    import tensorflow as tf
-
-    local = Path(tempfile.mkdtemp()) / Path(uri).name
-    tf.io.gfile.copy(uri, str(local))
-    return str(local)
-
-
 def _all_layers(model: keras.Model):
     for layer in model.layers:
         yield layer
@@ -120,12 +104,17 @@ def _is_whole_model(path: str) -> bool:
 
 def load_weights(model: keras.Model, path: str) -> None:
     """From a weights file for this backbone, or from a whole Keras model whose matching
-    layers are copied by name (reports how many; fails if none)."""
-    local = _local_copy(path)
-    if not _is_whole_model(local):
-        model.load_weights(local)
-        return
-    copied = copy_weights_by_name(keras.models.load_model(local, compile=False), model)
+    layers are copied by name (reports how many; fails if none). A file in a bucket is
+    downloaded first: Keras loads local files only."""
+    if not storage.exists(path):
+        raise TlpError(f"weights file {path} does not exist: pass weights=imagenet, "
+                       "weights=none or the path of a weights file.")
+    with storage.local_copy(path) as local:
+        if not _is_whole_model(local):
+            model.load_weights(local)
+            return
+        source = keras.models.load_model(local, compile=False)
+    copied = copy_weights_by_name(source, model)
     weighted = sum(bool(layer.weights) for layer in model.layers)
     if not copied:
         raise TlpError(f"no layer of {path} matches the backbone's layers by name and shape.")

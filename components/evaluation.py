@@ -3,14 +3,13 @@ import base64
 import html
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import matplotlib
 import numpy as np
 from sklearn import metrics as skm
 
-from components import configs, model as model_lib, tfrecords
+from components import configs, model as model_lib, storage, tfrecords
 from components.errors import TlpError
 
 matplotlib.use("Agg")  # Headless: render to PNG only.
@@ -117,14 +116,15 @@ def gate(accuracy: float, min_accuracy: float, baseline_accuracy: float | None,
 
 
 def load_baseline(path: str) -> keras.Model:
-    """A baseline is a .keras file or an export folder (which holds model.keras)."""
-    candidate = Path(path)
-    if candidate.is_dir():
-        candidate = candidate / configs.KERAS_MODEL_FILE
-    if not candidate.is_file():
+    """A baseline is a .keras file or an export folder (which holds model.keras), local or in
+    a bucket (downloaded first: Keras loads local files only)."""
+    candidate = path if path.endswith(".keras") else storage.join(path,
+                                                                  configs.KERAS_MODEL_FILE)
+    if not storage.exists(candidate):
         raise TlpError(f"baseline_model {path} is neither a .keras file nor an export folder "
                        f"with {configs.KERAS_MODEL_FILE}.")
-    return keras.models.load_model(candidate, compile=False)
+    with storage.local_copy(candidate) as local:
+        return keras.models.load_model(local, compile=False)
 
 
 # ---- The HTML report -------------------------------------------------------------------

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components import configs, model as model_lib, tfrecords
+from components import configs, model as model_lib, storage, tfrecords
 from components.errors import TlpError
 
 
@@ -141,15 +141,15 @@ def model_card(model: keras.Model, metadata: dict, backbone: str, evaluation: di
     }
 
 
-def publish(export_dir: str | Path, destination: str | Path) -> Path:
+def publish(export_dir: str | Path, destination: str | Path) -> str:
     """Copies the export to <destination>/<N>, N one more than the highest existing version,
     with the SavedModel at the version's root (TF Serving's layout) and the other files
-    beside it. Written to a hidden folder first, then renamed, so servers never see half a
-    version; renaming onto a version another writer has just filled fails (the folder is not
-    empty), so an existing version is never overwritten."""
-    if "://" in str(destination):
-        raise TlpError(f"export_destination {destination}: only local folders are supported "
-                       "for now (gs:// and s3:// are not).")
+    beside it; destination is a local folder, gs:// or s3://. An existing version is never
+    overwritten. Locally the version is written to a hidden folder first, then renamed, so
+    servers never see half a version; renaming onto a version another writer has just
+    filled fails (the folder is not empty). For buckets see _publish_to_bucket."""
+    if storage.is_remote(destination):
+        return _publish_to_bucket(Path(export_dir), str(destination))
     root = Path(destination)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
@@ -163,7 +163,7 @@ def publish(export_dir: str | Path, destination: str | Path) -> Path:
             target = root / str(max(versions, default=0) + 1)
             try:
                 os.rename(staging, target)
-                return target
+                return str(target)
             except OSError:
                 if not target.exists():
                     raise
@@ -171,6 +171,46 @@ def publish(export_dir: str | Path, destination: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# Claims of bucket versions, <destination>/.claims/<N>: a name TF Serving ignores (not a number).
+CLAIMS_DIR = ".claims"
+
+
+def _taken_versions(destination: str) -> set[int]:
+    """Numbers of the versions under destination, and of the claims of versions."""
+    taken = set()
+    for uri in storage.list_files(destination):
+        parts = uri[len(destination.rstrip("/")) + 1:].split("/")
+        number = parts[1] if parts[0] == CLAIMS_DIR and len(parts) > 1 else parts[0]
+        if number.isdigit():
+            taken.add(int(number))
+    return taken
+
+
+def _publish_to_bucket(export_dir: Path, destination: str) -> str:
+    """Object stores cannot rename, so a version is claimed before it is written: the claim
+    <destination>/.claims/<N> is created only if it does not exist yet, N one more than every
+    version and claim seen; a claim already taken moves on to N + 1. The claim is atomic on
+    GCS (a generation precondition); on S3 it is a check and then a write (pyarrow cannot send
+    S3's conditional writes), so only two exports racing within the same moment could both
+    take one number. A version that existed before the export started is never touched.
+    Within the version, saved_model.pb is uploaded last: until it is there, TF Serving finds
+    no SavedModel to load (and retries), so it never serves half a version."""
+    version = max(_taken_versions(destination), default=0) + 1
+    while not storage.write_new(storage.join(destination, CLAIMS_DIR, str(version)),
+                                configs.VERSION.encode()):
+        version += 1
+    target = storage.join(destination, str(version))
+    saved_model = export_dir / configs.SAVED_MODEL_DIR
+    for folder in (p for p in saved_model.iterdir() if p.is_dir()):
+        storage.upload_dir(folder, storage.join(target, folder.name))
+    last = saved_model / "saved_model.pb"
+    files = [p for p in [*saved_model.iterdir(), *export_dir.iterdir()]
+             if p.is_file() and p != last]
+    for file in [*files, last]:
+        storage.upload_file(file, storage.join(target, file.name))
+    return target
 
 
 def export(model_path: str, dataset_dir: str, output_dir: str, backbone: str = "",
@@ -202,6 +242,6 @@ def export(model_path: str, dataset_dir: str, output_dir: str, backbone: str = "
           + f"; wrote {out}", flush=True)
     summary = {"max_saved_model_difference": difference, "tflite": tflite}
     if destination:
-        summary["published"] = str(publish(out, destination))
+        summary["published"] = publish(out, destination)
         print(f"export: published {summary['published']}", flush=True)
     return summary

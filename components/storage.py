@@ -18,7 +18,9 @@ multipart uploads (pyarrow's output streams always upload in parts).
 import contextlib
 import functools
 import os
+import posixpath
 import shutil
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,6 +71,15 @@ class _Local:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         Path(uri).write_bytes(data)
 
+    def write_new(self, uri: str, data: bytes) -> bool:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(uri, "xb") as file:
+                file.write(data)
+            return True
+        except FileExistsError:
+            return False
+
     def exists(self, uri: str) -> bool:
         return Path(uri).exists()
 
@@ -109,6 +120,15 @@ class _Gcs:
 
     def write(self, uri: str, data: bytes) -> None:
         self.blob(uri).upload_from_string(data, retry=self.retry)
+
+    def write_new(self, uri: str, data: bytes) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:  # Generation 0: only if no live object has that name.
+            self.blob(uri).upload_from_string(data, if_generation_match=0, retry=self.retry)
+            return True
+        except PreconditionFailed:
+            return False
 
     def exists(self, uri: str) -> bool:
         if self.blob(uri).exists(retry=self.retry):
@@ -165,6 +185,13 @@ class _S3:
     def write(self, uri: str, data: bytes) -> None:
         with self.fs.open_output_stream(uri[len("s3://"):]) as stream:
             stream.write(data)
+
+    def write_new(self, uri: str, data: bytes) -> bool:
+        # pyarrow cannot send S3's conditional If-None-Match, so this checks, then writes.
+        if self.exists(uri):
+            return False
+        self.write(uri, data)
+        return True
 
     def exists(self, uri: str) -> bool:
         return self.fs.get_file_info(uri[len("s3://"):]).type != \
@@ -275,6 +302,15 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
         _store(uri).write(uri, data)
 
 
+def write_new(uri: str | Path, data: bytes) -> bool:
+    """Writes only if nothing exists at uri yet; False if something did. Atomic on local
+    disks and GCS (a generation precondition); on S3 a check and then a write, so two
+    writers racing within the same moment can both succeed."""
+    uri = str(uri)
+    with _errors(uri):
+        return _store(uri).write_new(uri, data)
+
+
 def exists(uri: str | Path) -> bool:
     """A file, or a folder/prefix with something in it."""
     uri = str(uri)
@@ -293,6 +329,19 @@ def download_file(uri: str | Path, local: str | Path) -> None:
     Path(local).parent.mkdir(parents=True, exist_ok=True)
     with _errors(uri):
         _store(uri).download(uri, str(local))
+
+
+@contextlib.contextmanager
+def local_copy(uri: str | Path) -> Iterator[str]:
+    """A local path of the file at uri: uri itself when local, else a download to a temporary
+    folder (same file name, so its extension still tells the format), removed afterwards."""
+    if not is_remote(uri):
+        yield str(uri)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        local = os.path.join(folder, posixpath.basename(str(uri).rstrip("/")))
+        download_file(uri, local)
+        yield local
 
 
 def _in_parallel(function, *argument_lists) -> None:

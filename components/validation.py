@@ -7,6 +7,13 @@ from components import (accelerators, backbones, images, model as model_lib, pre
 from components.errors import TlpError
 
 
+def _check_scheme(name: str, value: str) -> None:
+    if "://" in value and not storage.is_remote(value):
+        raise TlpError(f"{name}={value}: use a local path, gs://BUCKET/... or s3://BUCKET/... "
+                       "(for MinIO and other S3-compatible stores, s3:// with "
+                       "AWS_ENDPOINT_URL_S3 set).")
+
+
 def _at_least(params: dict, name: str, minimum: int) -> None:
     if params[name] < minimum:
         raise TlpError(f"{name}={params[name]} must be at least {minimum}.")
@@ -71,9 +78,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     accelerators.choose_policy(params["mixed_precision"], [])
     if params["baseline_tolerance"] < 0:
         raise TlpError(f"baseline_tolerance={params['baseline_tolerance']} must be >= 0.")
-    if "://" in params["export_destination"]:
-        raise TlpError(f"export_destination={params['export_destination']}: only local "
-                       "folders are supported for now, not gs:// or s3://.")
+    for name in ("weights", "baseline_model", "export_destination"):
+        _check_scheme(name, params[name])
     if params["resize_mode"] not in images.RESIZE_MODES:
         raise TlpError(f"resize_mode={params['resize_mode']!r}; choose one of "
                        f"{', '.join(images.RESIZE_MODES)}.")
@@ -89,11 +95,10 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
         if previous and "://" not in previous and not Path(previous).is_file():
             raise TlpError(f"previous_manifest {previous} does not exist: pass the manifest "
                            "Parquet file of an earlier run, or leave it empty.")
-        if weights not in ("imagenet", "none") and "://" not in weights \
-                and not Path(weights).is_file():
+        if weights not in ("imagenet", "none") and not storage.exists(weights):
             raise TlpError(f"weights file {weights} does not exist: pass weights=imagenet, "
                            "weights=none or the path of a weights file.")
         baseline = params["baseline_model"]
-        if baseline and not Path(baseline).exists():
+        if baseline and not storage.exists(baseline):
             raise TlpError(f"baseline_model {baseline} does not exist: pass a .keras file or "
                            "an export folder, or leave it empty.")

@@ -217,9 +217,11 @@ def create_pipeline(cluster: ClusterOptions | None = None):
                 steps are short.
             min_test_accuracy: Export the model only if its test accuracy reaches this.
             top_k: Report top-k accuracy for this k.
-            baseline_model: A .keras file or export folder to beat on the test split (empty: none).
+            baseline_model: A .keras file or export folder (local, gs:// or s3://) to beat on
+                the test split (empty: none).
             baseline_tolerance: Largest test accuracy drop below the baseline still exported.
-            export_destination: Local folder for a new numbered model version (empty: none).
+            export_destination: Folder (local, gs:// or s3://) for a new numbered model
+                version (empty: none).
         """
         fit_args = dict(batch_size=batch_size, optimizer=optimizer, lr_schedule=lr_schedule,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,

@@ -41,7 +41,7 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
      "domain_similarity='alike'"),
     (["--top-k", "0"], "top_k=0 must be at least 1"),
     (["--baseline-model", "/no/such.keras"], "baseline_model /no/such.keras does not exist"),
-    (["--export-destination", "s3://b/m"], "only local folders are supported"),
+    (["--export-destination", "minio://b/m"], "export_destination=minio://b/m: use a local"),
     (["--resize-mode", "squash"], "resize_mode='squash'; choose one of stretch, pad, crop"),
     (["--max-rejected-fraction", "1.5"], "max_rejected_fraction=1.5 must be in [0, 1]"),
     (["--min-images-per-class", "0"], "min_images_per_class=0 must be at least 1"),

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from components import evaluation
+from components.errors import TlpError
 
 CLASSES = ["cat", "dog", "fox"]
 # True labels and predictions chosen so the confusion matrix is
@@ -159,6 +160,17 @@ def test_baseline_on_the_same_split_decides(binary_run):
     assert outputs["metrics"].metadata["baseline_accuracy"] == result["accuracy"]
     approved, _, result = run(1.01, baseline=str(base / "model.keras"))
     assert approved is False and "below min_test_accuracy 1.01" in result["gate"]["reason"]
+
+
+def test_baseline_export_folder_in_a_bucket(binary_run, s3_bucket):
+    from components import storage
+
+    run, base = binary_run
+    storage.upload_file(base / "model.keras", s3_bucket + "/baseline/model.keras")
+    _, _, result = run(0.0, baseline=s3_bucket + "/baseline")
+    assert result["gate"]["baseline_accuracy"] == result["accuracy"]
+    with pytest.raises(TlpError, match=f"baseline_model {s3_bucket}/none is neither"):
+        run(0.0, baseline=s3_bucket + "/none")
 
 
 def test_predict_split_keeps_the_most_confidently_wrong_images(binary_run):

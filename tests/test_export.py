@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import export, predict
+from components import export, predict, storage
 from components.errors import TlpError
 from conftest import make_image
 
@@ -105,12 +105,37 @@ def test_versions_are_numbered_and_never_overwritten(exported, tmp_path):
     (destination / "3").mkdir(parents=True)
     (destination / "3" / "keep.txt").write_text("older version")
     (destination / "notes").mkdir()
-    assert export.publish(out, destination) == destination / "4"
-    assert export.publish(out, destination) == destination / "5"
+    assert export.publish(out, destination) == str(destination / "4")
+    assert export.publish(out, destination) == str(destination / "5")
     assert (destination / "3" / "keep.txt").read_text() == "older version"
     assert sorted(p.name for p in destination.iterdir()) == ["3", "4", "5", "notes"]
-    with pytest.raises(TlpError, match="only local folders"):
-        export.publish(out, "gs://bucket/models")
+
+
+@pytest.mark.parametrize("bucket_fixture", ["gcs_bucket", "s3_bucket"])
+def test_bucket_versions_are_numbered_and_never_overwritten(request, bucket_fixture, exported,
+                                                            tmp_path):
+    out, model, _ = exported
+    destination = request.getfixturevalue(bucket_fixture) + "/models"
+    storage.write_bytes(f"{destination}/3/keep.txt", b"older version")
+    storage.write_bytes(f"{destination}/notes/readme.txt", b"not a version")
+    assert export.publish(out, destination) == f"{destination}/4"
+    # A claim without its version yet (another export still uploading) is skipped too.
+    storage.write_bytes(f"{destination}/.claims/5", b"")
+    assert export.publish(out, destination) == f"{destination}/6"
+    assert storage.read_bytes(f"{destination}/3/keep.txt") == b"older version"
+    names = {uri[len(destination) + 1:] for uri in storage.list_files(destination)}
+    assert {name.split("/")[0] for name in names} == {"3", "4", "6", ".claims", "notes"}
+    # TF Serving's layout, and the published SavedModel serves what the local one does.
+    local = {p.relative_to(out / "saved_model").as_posix()
+             for p in (out / "saved_model").rglob("*") if p.is_file()}
+    others = {p.name for p in out.iterdir() if p.is_file()}
+    assert {name[2:] for name in names if name.startswith("6/")} == local | others
+    storage.download_dir(f"{destination}/6", tmp_path / "6")
+    image = _encoded("PNG", (50, 40))
+    served, expected = (tf.saved_model.load(str(path)).signatures["serving_default"](
+        image_bytes=tf.constant([image]))["probabilities"].numpy()
+        for path in (tmp_path / "6", out / "saved_model"))
+    np.testing.assert_allclose(served, expected)
 
 
 def test_verification_catches_a_model_that_disagrees(exported, tmp_path):

@@ -107,6 +107,21 @@ def test_weights_file_is_loaded(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("bucket_fixture", ["gcs_bucket", "s3_bucket"])
+def test_weights_file_is_loaded_from_a_bucket(request, bucket_fixture, tmp_path):
+    from components import storage
+
+    source = backbones.build_backbone("MobileNetV2", 32, "none")
+    source.save_weights(str(tmp_path / "backbone.weights.h5"))
+    uri = request.getfixturevalue(bucket_fixture) + "/weights/backbone.weights.h5"
+    storage.upload_file(tmp_path / "backbone.weights.h5", uri)
+    loaded = backbones.build_backbone("MobileNetV2", 32, uri)
+    for a, b in zip(source.weights, loaded.weights):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TlpError, match=f"weights file {uri}x does not exist"):
+        backbones.build_backbone("MobileNetV2", 32, uri + "x")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"backbone": "ResNet9000"}, "unknown backbone 'ResNet9000'"),
     ({"image_size": 16}, "image_size=16 is too small for MobileNetV2"),

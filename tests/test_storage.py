@@ -56,6 +56,20 @@ def test_upload_and_download_folders(root, tmp_path):
     assert (tmp_path / "new" / "x.txt").read_bytes() == b"x"
 
 
+def test_write_new_never_replaces(root):
+    claim = storage.join(root, "claims/1")
+    assert storage.write_new(claim, b"first")
+    assert not storage.write_new(claim, b"second")
+    assert storage.read_bytes(claim) == b"first"
+
+
+def test_local_copy_of_a_bucket_file_is_temporary(root):
+    storage.write_bytes(storage.join(root, "w/model.keras"), b"weights")
+    with storage.local_copy(storage.join(root, "w/model.keras")) as local:
+        assert local.endswith("model.keras") and Path(local).read_bytes() == b"weights"
+    assert Path(local).exists() == (not storage.is_remote(root))
+
+
 def test_missing_object_names_the_uri(root):
     missing = storage.join(root, "no/such/file.txt")
     with pytest.raises(TlpError, match=f"{missing} does not exist"):
