@@ -32,7 +32,7 @@ class SourceFile:
     path: str  # A local path, a bucket URI or a TFDS id (tfds:NAME/SPLIT/INDEX).
     label: str
     label_index: int  # -1 when unlabelled.
-    ref: str | bytes = ""  # Where a worker reads it from (sources.read): path/URI or bytes.
+    data: bytes | None = None  # The image itself when the source has read it (TFDS).
     sha256: str = ""
     status: str = "pending"  # Then one of configs.STATUSES.
     reason: str = ""
@@ -40,6 +40,11 @@ class SourceFile:
     split: str | None = None
     offset: int = 0  # Where its encoded JPEG lies in the spool file.
     length: int = 0
+
+    @property
+    def ref(self) -> str | bytes:
+        """What a worker reads the image from (sources.read)."""
+        return self.path if self.data is None else self.data
 
     @property
     def name(self) -> str:
@@ -70,7 +75,7 @@ def list_inputs(data_dir: str, tfds_data_dir: str = configs.TFDS_DATA_DIR,
     index = {name: i for i, name in enumerate(listing.class_names)}
     files = []
     for entry in listing.entries:
-        source = SourceFile(entry.uri, entry.label, index.get(entry.label, -1), entry.ref)
+        source = SourceFile(entry.uri, entry.label, index.get(entry.label, -1), entry.data)
         if entry.reason:
             source.reject(entry.reason, entry.detail)
         files.append(source)
