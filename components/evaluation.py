@@ -229,8 +229,10 @@ def render_report(result: dict, predictions: Predictions, class_names: list[str]
     matrix = plot_confusion_matrix(result["confusion_matrix"], class_names)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Evaluation report</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em}} img{{max-width:100%}}
+table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{text-align:left}}
+</style></head><body>
 <h1>Evaluation on the test split ({result['num_examples']} images)</h1>
 {_scalars_table(result)}
 <p>Export: <b>{'approved' if gate.get('approved') else 'held back'}</b>:
