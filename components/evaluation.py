@@ -98,6 +98,17 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str
     return result
 
 
+def scalar_metrics(result: dict) -> dict[str, float]:
+    """The scalars of compute_metrics' result, named as the KFP Metrics show them."""
+    scalars = {"test_loss": result["loss"], "test_accuracy": result["accuracy"],
+               f"test_top_{result['top_k']}_accuracy": result["top_k_accuracy"],
+               "expected_calibration_error": result["expected_calibration_error"]}
+    scalars.update({f"{key}/{average}": result[average][key] for average in
+                    ("macro_avg", "weighted_avg") for key in ("precision", "recall", "f1-score")})
+    scalars.update({key: result[key] for key in ("roc_auc", "pr_auc") if key in result})
+    return scalars
+
+
 def gate(accuracy: float, min_accuracy: float, baseline_accuracy: float | None,
          tolerance: float) -> tuple[bool, str]:
     """Whether to export, and why: like TFX's Evaluator blessing, an absolute threshold and,
@@ -188,17 +199,27 @@ def _table_row(name: str, values: dict, support) -> str:
     return f"<tr><td>{html.escape(name)}</td>{cells}<td>{support}</td></tr>"
 
 
+def _scalars_table(result: dict) -> str:
+    """The scalar metrics after training and, when known, before it (the untrained head)
+    with the change, so the gain is visible."""
+    after = scalar_metrics(result)
+    before = scalar_metrics(result["initial"]) if "initial" in result else {}
+    header = "<th>before training</th><th>after training</th><th>change</th>" if before \
+        else "<th>value</th>"
+    rows = ""
+    for name, value in after.items():
+        cells = (f"<td>{before[name]:.4f}</td><td>{value:.4f}</td>"
+                 f"<td>{value - before[name]:+.4f}</td>") if before else f"<td>{value:.4f}</td>"
+        rows += f"<tr><td>{html.escape(name.replace('_', ' '))}</td>{cells}</tr>"
+    return f"<table><tr><th>metric</th>{header}</tr>\n{rows}</table>"
+
+
 def render_report(result: dict, predictions: Predictions, class_names: list[str],
                   train_history: dict, fine_tune_history: dict) -> str:
     """One HTML file, every image embedded as a data URI, so it opens anywhere."""
     rows = "".join(_table_row(name, m, m["support"]) for name, m in result["per_class"].items())
     for average in ("macro_avg", "weighted_avg"):
         rows += _table_row(average.replace("_", " "), result[average], result["num_examples"])
-    scalars = [("loss", result["loss"]), ("accuracy", result["accuracy"]),
-               (f"top-{result['top_k']} accuracy", result["top_k_accuracy"]),
-               ("expected calibration error", result["expected_calibration_error"])]
-    scalars += [(key, result[key]) for key in ("roc_auc", "pr_auc") if key in result]
-    summary = ", ".join(f"{name} {value:.4f}" for name, value in scalars)
     gate = result.get("gate", {})
     wrong = "<p>No test image is misclassified.</p>"
     if predictions.wrong:
@@ -208,10 +229,12 @@ def render_report(result: dict, predictions: Predictions, class_names: list[str]
     matrix = plot_confusion_matrix(result["confusion_matrix"], class_names)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Evaluation report</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em}} img{{max-width:100%}}
+table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{text-align:left}}
+</style></head><body>
 <h1>Evaluation on the test split ({result['num_examples']} images)</h1>
-<p>{summary}.</p>
+{_scalars_table(result)}
 <p>Export: <b>{'approved' if gate.get('approved') else 'held back'}</b>:
 {html.escape(gate.get('reason', ''))}.</p>
 <h2>Training and fine-tuning curves</h2>
@@ -228,14 +251,19 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><b
 
 
 def evaluate(model_path: str, dataset_dir: str, batch_size: int, top_k: int,
-             min_accuracy: float, baseline_model: str = "",
-             baseline_tolerance: float = 0.0) -> tuple[dict, Predictions]:
+             min_accuracy: float, baseline_model: str = "", baseline_tolerance: float = 0.0,
+             initial_model_path: str = "") -> tuple[dict, Predictions]:
     """The evaluate step's work: metrics on the test split and the gate's decision, compared
-    with the baseline model on the same split when one is given."""
+    with the baseline model on the same split when one is given. With initial_model_path
+    (the model before training: backbone and untrained head) its metrics are in "initial"."""
     class_names = tfrecords.read_metadata(dataset_dir)["class_names"]
     predictions = predict_split(keras.models.load_model(model_path), dataset_dir, "test",
                                 batch_size)
     result = compute_metrics(predictions.labels, predictions.probs, class_names, top_k)
+    if initial_model_path:
+        initial = predict_split(keras.models.load_model(initial_model_path), dataset_dir,
+                                "test", batch_size, keep_wrong=0)
+        result["initial"] = compute_metrics(initial.labels, initial.probs, class_names, top_k)
     baseline_accuracy = None
     if baseline_model:
         baseline = predict_split(load_baseline(baseline_model), dataset_dir, "test",

@@ -123,14 +123,23 @@ def model_card(model: keras.Model, metadata: dict, backbone: str, evaluation: di
                                               for w in model.trainable_weights)},
         "data": {"class_names": metadata["class_names"],
                  "examples_per_split": metadata["num_examples"],
-                 "rejected_files": metadata.get("num_rejected", 0)},
+                 "examples_per_class": metadata.get("counts"),
+                 "rejected_files": metadata.get("num_rejected", 0),
+                 "preprocess_summary": metadata.get("summary")},
         "training": {phase: {"epochs": len(h.get("epoch", [])),
-                             "learning_rates": sorted(set(h.get("learning_rate", [])))}
+                             "learning_rates": sorted(set(h.get("learning_rate", []))),
+                             # Training and validation time, summed over the epochs.
+                             "seconds": round(sum(h["epoch_seconds"]), 1)
+                             if "epoch_seconds" in h else None}
                      for phase, h in histories.items()},
         "test_metrics": {key: evaluation[key] for key in
                          ("num_examples", "loss", "accuracy", "top_k", "top_k_accuracy",
                           "expected_calibration_error", "macro_avg", "weighted_avg",
                           "per_class", "roc_auc", "pr_auc") if key in evaluation},
+        # The same model before training its head, for the gain.
+        "initial_test_metrics": {key: evaluation["initial"][key] for key in
+                                 ("loss", "accuracy", "top_k_accuracy")}
+        if "initial" in evaluation else None,
         "gate": evaluation.get("gate"),
         "tflite": tflite,
         "signatures": {"serving_default": "image_bytes: encoded JPEG/PNG/GIF/BMP, any size",

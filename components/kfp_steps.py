@@ -50,9 +50,10 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
           mixed_precision: str, steps_per_execution: int, early_stopping_patience: int,
           reduce_lr_patience: int, target_accuracy: float, cache_budget_mb: int, seed: int,
           model: Output[Model], history: Output[Artifact],
-          tensorboard: Output[Artifact]):
-    """Trains a new head on the frozen pretrained backbone. Resumes after the last completed
-    epoch when a retry finds the state of a killed attempt."""
+          tensorboard: Output[Artifact], initial_model: Output[Model]):
+    """Trains a new head on the frozen pretrained backbone (saved before training too, as
+    initial_model, for evaluate's comparison). Resumes after the last completed epoch when a
+    retry finds the state of a killed attempt."""
     from components import model as model_lib, training
 
     head = model_lib.Head(pooling, model_lib.Head.parse_units(head_dense_units),
@@ -65,8 +66,10 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
     options = training.FitOptions.from_parameters(locals())
     state = training.state_location(model.uri, model.path)
     model.path += ".keras"  # Keras picks the format by extension.
+    initial_model.path += ".keras"
     result = training.train(dataset.path, model.path, history.path, backbone, weights, head,
-                            augmentation, learning_rate, options, state, tensorboard.path)
+                            augmentation, learning_rate, options, state, tensorboard.path,
+                            initial_model.path)
     model.metadata.update({"backbone": backbone, "epochs": result["epoch"][-1]})
 
 
@@ -92,29 +95,29 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
 
 
 @cpu_component
-def evaluate(dataset: Input[Dataset], model: Input[Model], train_history: Input[Artifact],
-             fine_tune_history: Input[Artifact], batch_size: int, top_k: int,
+def evaluate(dataset: Input[Dataset], model: Input[Model], initial_model: Input[Model],
+             train_history: Input[Artifact], fine_tune_history: Input[Artifact],
+             batch_size: int, top_k: int,
              min_test_accuracy: float, baseline_model: str, baseline_tolerance: float,
              metrics: Output[Metrics], classification_metrics: Output[ClassificationMetrics],
              report: Output[HTML], evaluation: Output[Artifact]) -> bool:
-    """Test-split metrics, confusion matrix (and ROC curve for 2 classes), an HTML report,
-    and the export gate. Returns whether to export. (Decided here, returned as the single
-    unnamed output: kfp.local 2.17.0's dsl.If cannot compare two channels, nor resolve a
-    named output of a task.) The decision's reason is in `evaluation` and the log."""
+    """Test-split metrics, also of the initial model (before training) for comparison,
+    confusion matrix (and ROC curve for 2 classes), an HTML report, and the export gate.
+    Returns whether to export. (Decided here, returned as the single unnamed output:
+    kfp.local 2.17.0's dsl.If cannot compare two channels, nor resolve a named output of a
+    task.) The decision's reason is in `evaluation` and the log."""
     import json
 
     from components import evaluation as lib, tfrecords, training
 
     class_names = tfrecords.read_metadata(dataset.path)["class_names"]
     result, predictions = lib.evaluate(model.path, dataset.path, batch_size, top_k,
-                                       min_test_accuracy, baseline_model, baseline_tolerance)
-    scalars = {"test_loss": result["loss"], "test_accuracy": result["accuracy"],
-               f"test_top_{result['top_k']}_accuracy": result["top_k_accuracy"],
-               "expected_calibration_error": result["expected_calibration_error"],
-               "export_approved": float(result["gate"]["approved"])}
-    scalars.update({f"{key}/{average}": result[average][key] for average in
-                    ("macro_avg", "weighted_avg") for key in ("precision", "recall", "f1-score")})
-    scalars.update({key: result[key] for key in ("roc_auc", "pr_auc") if key in result})
+                                       min_test_accuracy, baseline_model, baseline_tolerance,
+                                       initial_model.path)
+    scalars = lib.scalar_metrics(result)
+    scalars["export_approved"] = float(result["gate"]["approved"])
+    scalars.update({f"initial_{name}": value
+                    for name, value in lib.scalar_metrics(result["initial"]).items()})
     if result["gate"]["baseline_accuracy"] is not None:
         scalars["baseline_accuracy"] = result["gate"]["baseline_accuracy"]
     for name, value in scalars.items():
@@ -132,7 +135,9 @@ def evaluate(dataset: Input[Dataset], model: Input[Model], train_history: Input[
     evaluation.metadata.update({"export_approved": result["gate"]["approved"],
                                 "gate_reason": result["gate"]["reason"]})
     approved = result["gate"]["approved"]
-    print(f"evaluate: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}; "
+    print(f"evaluate: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} "
+          f"(before training {result['initial']['accuracy']:.4f}, "
+          f"{result['initial']['loss']:.4f}); "
           f"export {'approved' if approved else 'held back'}: {result['gate']['reason']}",
           flush=True)
     return approved

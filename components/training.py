@@ -1,6 +1,7 @@
 """Train (frozen backbone, new head) and fine-tune (top backbone layers unfrozen)."""
 import csv
 import json
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -101,6 +102,18 @@ class LogLearningRate(keras.callbacks.Callback):
                 self.model.optimizer.learning_rate))
 
 
+class LogEpochSeconds(keras.callbacks.Callback):
+    """Records each epoch's wall time, validation included, in its logs: the history (and
+    from it the model card) says how long each phase trained."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self.start
+
+
 def make_callbacks(state_dir: str, options: FitOptions, best_val_loss: float | None,
                    adjustable_learning_rate: bool,
                    tensorboard_dir: str | None) -> list[keras.callbacks.Callback]:
@@ -115,6 +128,7 @@ def make_callbacks(state_dir: str, options: FitOptions, best_val_loss: float | N
     # before the backup, so a kill in between repeats that epoch rather than losing it.
     return [
         LogLearningRate(),
+        LogEpochSeconds(),
         keras.callbacks.CSVLogger(_join(state_dir, HISTORY_CSV), append=True),
         # One file per improvement, so a kill while writing one spoils only that one.
         keras.callbacks.ModelCheckpoint(_join(state_dir, BEST_WEIGHTS), monitor="val_loss",
@@ -231,8 +245,9 @@ def load_history(path: str | Path) -> dict:
 def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, weights: str,
           head: model_lib.Head, augmentation: model_lib.Augmentation,
           learning_rate: float, options: FitOptions, state_dir: str,
-          tensorboard_dir: str | None = None) -> dict:
-    """The train step: new head on the frozen pretrained backbone."""
+          tensorboard_dir: str | None = None, initial_model_path: str | None = None) -> dict:
+    """The train step: new head on the frozen pretrained backbone. The model as built, before
+    any training, goes to initial_model_path when given (the evaluate step's "before")."""
     keras.utils.set_random_seed(options.seed)
     accelerators.configure(options.mixed_precision)
     metadata = tfrecords.read_metadata(dataset_dir)
@@ -244,6 +259,8 @@ def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, w
             print("train: weights=none: training every backbone layer from scratch",
                   flush=True)
         model.summary(print_fn=lambda line, **_: print(line, flush=True))
+        if initial_model_path:
+            model.save(initial_model_path)
         history = fit(model, dataset_dir, options, learning_rate, state_dir,
                       tensorboard_dir=tensorboard_dir)
     model.save(model_path)

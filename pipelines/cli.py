@@ -98,7 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = runner.run_local(arguments, args.pipeline_root)
     accuracy = result.evaluation["accuracy"]
     print(f"\nPipeline finished in {time.monotonic() - started:.0f} s: {result.run_dir}")
-    print(f"  test accuracy: {accuracy:.4f} (test loss {result.evaluation['loss']:.4f})")
+    initial = result.evaluation["initial"]
+    print(f"  test accuracy: {accuracy:.4f} (test loss {result.evaluation['loss']:.4f}); "
+          f"before training {initial['accuracy']:.4f} (test loss {initial['loss']:.4f})")
     print(f"  report:        {result.report}")
     if result.exported_model:
         print(f"  model:         {result.exported_model}")

@@ -258,6 +258,7 @@ def create_pipeline(cluster: ClusterOptions | None = None):
             **fit_args)
         evaluation = kfp_steps.evaluate(
             dataset=dataset, model=tune.outputs["model"],
+            initial_model=train.outputs["initial_model"],
             train_history=train.outputs["history"], fine_tune_history=tune.outputs["history"],
             batch_size=batch_size, top_k=top_k, min_test_accuracy=min_test_accuracy,
             baseline_model=baseline_model, baseline_tolerance=baseline_tolerance)

@@ -78,17 +78,20 @@ def test_gate_in_each_direction(accuracy, baseline, approved, reason):
     assert decision is approved and reason in why
 
 
+TRAIN_HISTORY = {"epoch": [1, 2], "loss": [1.0, 0.8], "val_loss": [1.1, 0.9],
+                 "accuracy": [0.5, 0.6], "val_accuracy": [0.4, 0.5],
+                 "learning_rate": [1e-3, 1e-3]}
+
+
 def test_report_holds_curves_heatmap_table_and_wrong_images():
     probs = _probs(PREDICTED)
     images = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
     predictions = evaluation.Predictions(LABELS, probs, [(2, images[0]), (6, images[1])])
     result = evaluation.compute_metrics(LABELS, probs, CLASSES)
     result["gate"] = {"approved": False, "reason": "test accuracy 0.75 is below 0.8"}
-    train = {"epoch": [1, 2], "loss": [1.0, 0.8], "val_loss": [1.1, 0.9],
-             "accuracy": [0.5, 0.6], "val_accuracy": [0.4, 0.5], "learning_rate": [1e-3, 1e-3]}
     tune = {"epoch": [3], "loss": [0.7], "val_loss": [0.8], "accuracy": [0.7],
             "val_accuracy": [0.6], "learning_rate": [1e-5]}
-    report = evaluation.render_report(result, predictions, CLASSES, train, tune)
+    report = evaluation.render_report(result, predictions, CLASSES, TRAIN_HISTORY, tune)
     images = {alt: report.count(f'<img alt="{alt}" src="data:image/png;base64,')
               for alt in ("training curves", "confusion matrix",
                           "most confidently wrong test images")}
@@ -98,6 +101,19 @@ def test_report_holds_curves_heatmap_table_and_wrong_images():
     assert "<td>macro avg</td>" in report and "<td>weighted avg</td>" in report
     assert "held back</b>:\ntest accuracy 0.75 is below 0.8" in report
     assert "src=\"http" not in report  # Self-contained.
+    assert "<tr><td>test accuracy</td><td>0.7500</td></tr>" in report
+    assert "before training" not in report  # No initial model's metrics given.
+
+
+def test_report_shows_metrics_before_and_after_training():
+    result = evaluation.compute_metrics(LABELS, _probs(PREDICTED), CLASSES)
+    # Before training: everything predicted as cat, right for the 3 cats of 8.
+    result["initial"] = evaluation.compute_metrics(LABELS, _probs(np.zeros(8, int)), CLASSES)
+    predictions = evaluation.Predictions(LABELS, _probs(PREDICTED), [])
+    report = evaluation.render_report(result, predictions, CLASSES, TRAIN_HISTORY, {})
+    assert "<th>before training</th><th>after training</th><th>change</th>" in report
+    assert "<tr><td>test accuracy</td><td>0.3750</td><td>0.7500</td><td>+0.3750</td></tr>" \
+        in report
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +135,12 @@ def binary_run(tmp_path_factory):
                               keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(1, activation="sigmoid")])
     model.save(base / "model.keras")
+    # The "before training" model: predicts blue (class 0, half the test split) for every image.
+    initial = keras.Sequential([
+        keras.Input((16, 16, 3)), keras.layers.Flatten(),
+        keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros",
+                           bias_initializer=keras.initializers.Constant(-5.0))])
+    initial.save(base / "initial.keras")
     history = {"epoch": [1], "loss": [0.7], "val_loss": [0.7], "accuracy": [0.5],
                "val_accuracy": [0.5], "learning_rate": [1e-3]}
     (base / "history.json").write_text(json.dumps(history))
@@ -130,6 +152,7 @@ def binary_run(tmp_path_factory):
         approved = kfp_steps.evaluate.python_func(
             dataset=dsl.Dataset(uri=str(base / "ds")),
             model=dsl.Model(uri=str(base / "model.keras")),
+            initial_model=dsl.Model(uri=str(base / "initial.keras")),
             train_history=dsl.Artifact(uri=str(base / "history.json")),
             fine_tune_history=dsl.Artifact(uri=str(base / "history.json")),
             batch_size=4, top_k=3, min_test_accuracy=min_accuracy, baseline_model=baseline,
@@ -150,6 +173,21 @@ def test_binary_step_outputs_roc_and_pr(binary_run):
     assert "test_top_2_accuracy" in logged  # k capped at the 2 classes.
     assert outputs["classification_metrics"].metadata["confusionMatrix"]["annotationSpecs"] \
         == [{"displayName": "blue"}, {"displayName": "red"}]
+
+
+def test_step_reports_the_initial_model_beside_the_trained_one(binary_run):
+    run, _ = binary_run
+    _, outputs, result = run(0.0)
+    initial = result["initial"]
+    assert initial["accuracy"] == 0.5 and initial["confusion_matrix"] == [[4, 0], [4, 0]]
+    positive = 1 / (1 + np.exp(5.0))  # sigmoid(-5): its probability of red, for every image.
+    assert initial["loss"] == pytest.approx(-(np.log(1 - positive) + np.log(positive)) / 2)
+    logged = outputs["metrics"].metadata
+    assert logged["initial_test_accuracy"] == 0.5
+    assert logged["test_accuracy"] == result["accuracy"]
+    assert logged["initial_test_loss"] == initial["loss"] and "initial_roc_auc" in logged
+    with open(outputs["report"].path) as f:
+        assert "<th>before training</th>" in f.read()
 
 
 def test_baseline_on_the_same_split_decides(binary_run):

@@ -35,8 +35,10 @@ def exported(tmp_path_factory):
     model = small_model()
     model.save(base / "model.keras")
     summary = export.export(str(base / "model.keras"), str(base / "ds"), str(base / "out"),
-                            "SmallCNN", {"accuracy": 0.5, "loss": 1.0},
-                            {"train": {"epoch": [1, 2], "learning_rate": [1e-3, 2e-4]}},
+                            "SmallCNN", {"accuracy": 0.5, "loss": 1.0, "initial": {
+                                "accuracy": 0.3, "loss": 1.1, "top_k_accuracy": 0.6}},
+                            {"train": {"epoch": [1, 2], "learning_rate": [1e-3, 2e-4],
+                                       "epoch_seconds": [1.25, 2.5]}},
                             destination=str(base / "served"))
     return base / "out", model, summary
 
@@ -56,8 +58,12 @@ def test_export_writes_saved_model_keras_model_and_labels(exported):
     assert card["model"]["backbone"] == "SmallCNN" and card["model"]["parameters"] == 1987
     assert card["data"]["class_names"] == ["blue", "green", "red"]
     assert card["data"]["examples_per_split"]["test"] == 15
-    assert card["training"]["train"] == {"epochs": 2, "learning_rates": [2e-4, 1e-3]}
+    assert card["data"]["examples_per_class"]["test"] == {"blue": 5, "green": 5, "red": 5}
+    assert card["data"]["preprocess_summary"]["written"] == 30
+    assert card["training"]["train"] == {"epochs": 2, "learning_rates": [2e-4, 1e-3],
+                                         "seconds": 3.8}
     assert card["test_metrics"] == {"accuracy": 0.5, "loss": 1.0}
+    assert card["initial_test_metrics"] == {"accuracy": 0.3, "loss": 1.1, "top_k_accuracy": 0.6}
     assert card["versions"]["tensorflow"] == tf.__version__
 
 

@@ -1,5 +1,7 @@
 """The k8s/ kustomize tree: every manifest valid for Kubernetes (strict: no unknown fields),
-the overlays rendered, and the kfp-launcher providers config in the KFP launcher's format."""
+the overlays rendered, the kfp-launcher providers config in the KFP launcher's format, and
+the KServe InferenceService valid for KServe's CRD schema."""
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +15,23 @@ from components import configs
 
 K8S = configs.REPO_ROOT / "k8s"
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if p.is_dir())
+SERVING_OVERLAYS = sorted(p for p in (K8S / "serving" / "overlays").iterdir() if p.is_dir())
 KUBERNETES_VERSION = "1.32.0"
+# kubernetes-validate knows no CRDs: the part of KServe's CRD schema k8s/serving uses, vendored
+# (source, licence and how it was trimmed: tests/schemas/trim_kserve_crd.py).
+KSERVE = "serving.kserve.io/v1beta1"
+KSERVE_SCHEMA = json.loads((Path(__file__).parent / "schemas" /
+                            "kserve-inferenceservice-v1beta1.json").read_text())
+
+
+def validate(doc: dict) -> None:
+    """Strictly (no unknown fields): KServe's InferenceService against its CRD's schema,
+    everything else against Kubernetes' own."""
+    if doc["apiVersion"] == KSERVE:
+        assert doc["kind"] == "InferenceService"
+        jsonschema.validate(doc, KSERVE_SCHEMA)
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
 def _secret_ref(*keys):
@@ -75,10 +93,10 @@ def _by_kind(docs: list[dict]) -> dict:
 
 def test_every_manifest_file_is_strictly_valid():
     files = [p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"]
-    assert len(files) == 4
+    assert len(files) == 10
     for path in files:
         for doc in yaml.safe_load_all(path.read_text()):
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            validate(doc)
 
 
 def test_kustomizations_reference_files_that_exist():
@@ -117,8 +135,33 @@ def test_overlays_render_to_valid_manifests(overlay):
         assert credentials["secretRef"]["secretName"] == "tlp-object-store"
 
 
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS, ids=lambda p: p.name)
+def test_serving_overlays_render_to_a_valid_inference_service(overlay):
+    docs = render(overlay)
+    for doc in docs:
+        validate(doc)
+        assert doc["metadata"]["namespace"] == "kubeflow-user-example-com"
+        assert doc["kind"] != "Secret"  # Credentials are referenced, never committed.
+    service, account = _by_kind(docs)["InferenceService"], _by_kind(docs)["ServiceAccount"]
+    predictor = service["spec"]["predictor"]
+    assert predictor["serviceAccountName"] == account["metadata"]["name"]
+    # KServe's TensorFlow Serving runtime, REST v1: the protocol tlp predict --url speaks.
+    model = predictor["model"]
+    assert model["modelFormat"]["name"] == "tensorflow" and model["protocolVersion"] == "v1"
+    # The export destination's root, under which the numbered versions are published.
+    scheme = {"gcs": "gs", "s3": "s3"}[overlay.name]
+    assert model["storageUri"].startswith(f"{scheme}://")
+    assert not model["storageUri"].rstrip("/").rsplit("/", 1)[-1].isdigit()
+    if overlay.name == "gcs":  # Workload Identity: the server's account acts for a Google one.
+        assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] \
+            .endswith(".iam.gserviceaccount.com")
+    else:  # KServe reads the S3 key from a Secret the account lists.
+        assert account["secrets"] == [{"name": "tlp-serving-s3"}]
+
+
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="no kubectl: render() stands alone")
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+@pytest.mark.parametrize("overlay", OVERLAYS + SERVING_OVERLAYS,
+                         ids=lambda p: p.relative_to(K8S).as_posix())
 def test_render_matches_kubectl_kustomize(overlay):
     built = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True,
                            text=True, check=True, timeout=60).stdout
@@ -134,3 +177,12 @@ def test_a_strict_validator_catches_a_misspelt_field():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"s3": {"default": {"endpont": "x", "credentials": {
             "fromEnv": True}}}}, PROVIDERS_SCHEMA)
+    [service] = [d for d in render(SERVING_OVERLAYS[0]) if d["kind"] == "InferenceService"]
+    model = service["spec"]["predictor"]["model"]
+    model["storageURI"] = model.pop("storageUri")
+    with pytest.raises(jsonschema.ValidationError):
+        validate(service)
+    model["storageUri"] = model.pop("storageURI")
+    model["modelFormat"] = {"version": "2"}  # Its name is required.
+    with pytest.raises(jsonschema.ValidationError):
+        validate(service)

@@ -83,8 +83,17 @@ def test_local_run_produces_every_artifact(local_run):
     assert one("**/train/model.keras").is_file()
     assert one("**/fine-tune/model.keras").is_file()
     history = json.loads(one("**/fine-tune/history").read_text())
-    assert history["epoch"] == [2]
+    assert history["epoch"] == [2] and history["epoch_seconds"][0] > 0
     evaluation = local_run.evaluation
+    # The model before training (saved by train) evaluated on the same test split.
+    assert one("**/train/initial_model.keras").is_file()
+    initial = evaluation["initial"]
+    assert initial["num_examples"] == evaluation["num_examples"]
+    assert sum(map(sum, initial["confusion_matrix"])) == metadata["num_examples"]["test"]
+    logged = json.loads(one("**/evaluate/executor_output.json").read_text())["artifacts"]
+    logged = logged["metrics"]["artifacts"][0]["metadata"]
+    assert logged["initial_test_accuracy"] == initial["accuracy"]
+    assert logged["test_accuracy"] == evaluation["accuracy"]
     assert 0 <= evaluation["accuracy"] <= 1 and math.isfinite(evaluation["loss"])
     matrix = evaluation["confusion_matrix"]
     assert sum(map(sum, matrix)) == metadata["num_examples"]["test"]
@@ -93,7 +102,7 @@ def test_local_run_produces_every_artifact(local_run):
     assert evaluation["top_k"] == 2 and "expected_calibration_error" in evaluation
     report = local_run.report.read_text()
     for part in ('alt="training curves"', 'alt="confusion matrix"', "macro avg",
-                 "weighted avg", "Most confidently wrong"):
+                 "weighted avg", "Most confidently wrong", "<th>before training</th>"):
         assert part in report
     model = local_run.exported_model
     assert (model / "saved_model" / "saved_model.pb").is_file()
@@ -106,5 +115,7 @@ def test_local_run_produces_every_artifact(local_run):
     assert card["model"]["backbone"] == "MobileNetV2"
     assert card["test_metrics"]["accuracy"] == evaluation["accuracy"]
     assert card["training"]["fine_tune"]["epochs"] == 1
+    assert card["training"]["train"]["seconds"] > 0
+    assert card["initial_test_metrics"]["accuracy"] == initial["accuracy"]
     assert card["tflite"]["model.tflite"]["top1_agreement"] == 1
     assert (model / "model_quantized.tflite").is_file()

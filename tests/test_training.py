@@ -26,11 +26,18 @@ def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset, 
     train_history = training.train(
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"), "MobileNetV2",
         "none", model_lib.Head(), model_lib.Augmentation(), 1e-3, options,
-        str(tmp_path / "state1"), str(tmp_path / "tensorboard"))
+        str(tmp_path / "state1"), str(tmp_path / "tensorboard"),
+        initial_model_path=str(tmp_path / "initial.keras"))
     assert "weights=none: training every backbone layer" in capsys.readouterr().out
     trained = keras.models.load_model(tmp_path / "m.keras")
     assert all(layer.trainable for layer in model_lib.backbone_of(trained).layers)
     assert train_history["epoch"] == [1, 2]
+    assert len(train_history["epoch_seconds"]) == 2 and min(train_history["epoch_seconds"]) > 0
+    # The model as built, before training: same architecture, the head not yet trained.
+    initial = keras.models.load_model(tmp_path / "initial.keras")
+    assert [layer.name for layer in initial.layers] == [layer.name for layer in trained.layers]
+    assert not np.allclose(initial.get_layer("classifier").get_weights()[0],
+                           trained.get_layer("classifier").get_weights()[0])
     assert json.loads((tmp_path / "h.json").read_text()) == train_history
     assert not (tmp_path / "state1").exists()  # Finished: no state left behind.
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))

@@ -1,0 +1,59 @@
+"""Writes kserve-inferenceservice-v1beta1.json, the part of KServe's InferenceService CRD schema
+that k8s/serving uses, from the CRD file (config/crd/full/serving.kserve.io_inferenceservices.yaml
+in github.com/kserve/kserve; Apache-2.0, see KSERVE-LICENSE):
+
+    python tests/schemas/trim_kserve_crd.py CRD_FILE SOURCE_DESCRIPTION
+
+Kept whole: spec.predictor.model and the predictor's small fields. Large subtrees that
+k8s/serving does not set (the pod spec's volumes, affinity, containers, ...; canary, explainer,
+transformer; status) keep their name and type only, so a misspelt field is still caught. Every
+object lists its fields exhaustively (additionalProperties false): the API server's strict
+field validation (kubectl's default) rejects unknown fields too.
+"""
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+LARGE = 2000  # Characters of JSON above which an unused subtree keeps only its type.
+
+
+def strip(schema):
+    """Without descriptions, with every object closed to fields it does not list."""
+    if isinstance(schema, list):
+        return [strip(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: strip(value) for key, value in schema.items() if key != "description"}
+    if "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def only_type(schema: dict) -> dict:
+    return {"type": schema["type"]} if "type" in schema else {}
+
+
+def trim(crd: dict) -> dict:
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+    root = version["schema"]["openAPIV3Schema"]
+    spec = root["properties"]["spec"]
+    predictor = spec["properties"]["predictor"]
+    predictor["properties"] = {
+        name: sub if name == "model" or len(json.dumps(sub)) < LARGE else only_type(sub)
+        for name, sub in predictor["properties"].items()}
+    spec["properties"] = {name: sub if name == "predictor" else only_type(sub)
+                          for name, sub in spec["properties"].items()}
+    root["properties"]["status"] = only_type(root["properties"]["status"])
+    return strip(root)
+
+
+if __name__ == "__main__":
+    crd_file, source = sys.argv[1:]
+    schema = {"$comment": f"Trimmed from {source} by trim_kserve_crd.py. Apache-2.0 (KServe "
+                          "authors): see KSERVE-LICENSE.",
+              **trim(yaml.safe_load(Path(crd_file).read_text()))}
+    out = Path(__file__).with_name("kserve-inferenceservice-v1beta1.json")
+    out.write_text(json.dumps(schema, indent=1, sort_keys=True) + "\n")
