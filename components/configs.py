@@ -121,6 +121,10 @@ REDUCE_LR_PATIENCE = 2
 TARGET_ACCURACY = 1.0
 CACHE_BUDGET_MB = 2048
 MIXED_PRECISION = "auto"
+# Keras backends train and fine_tune can run on; evaluate and export always use TensorFlow
+# (the saved .keras model is the same on either).
+BACKENDS = ("tensorflow", "jax")
+BACKEND = "tensorflow"
 STEPS_PER_EXECUTION = 1
 MIN_TEST_ACCURACY = 0.5
 TOP_K = 3
