@@ -125,6 +125,10 @@ MIXED_PRECISION = "auto"
 # (the saved .keras model is the same on either).
 BACKENDS = ("tensorflow", "jax")
 BACKEND = "tensorflow"
+# BatchNorm momentum of a backbone trained from scratch (weights=none). keras.applications use
+# 0.99 or 0.999, made for runs of 100,000s of steps: after a short run their moving statistics
+# still mostly hold the initial values and the model predicts one class in inference mode.
+FROM_SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 STEPS_PER_EXECUTION = 1
 MIN_TEST_ACCURACY = 0.5
 TOP_K = 3
