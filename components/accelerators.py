@@ -37,12 +37,11 @@ def _gpu_compute_capabilities() -> list[tuple[int, int]]:
 
 def configure(mixed_precision: str) -> str:
     """Call before building a model. Returns the dtype policy it set."""
-    gpus = tf.config.list_physical_devices("GPU")
     if keras.backend.backend() == "jax":
         # tf.data only feeds JAX: keep TensorFlow off the GPUs and their memory.
         tf.config.set_visible_devices([], "GPU")
     else:
-        for gpu in gpus:
+        for gpu in tf.config.list_physical_devices("GPU"):
             # Grow on demand, so a second TensorFlow process on the same GPU can start.
             tf.config.experimental.set_memory_growth(gpu, True)
     capabilities = _gpu_compute_capabilities()
@@ -57,9 +56,9 @@ def distribution_scope():
     """Every visible GPU, when there is more than one: MirroredStrategy's scope on
     TensorFlow (build and compile inside it), Keras's data-parallel distribution on JAX."""
     if keras.backend.backend() == "jax":
-        gpus = keras.distribution.list_devices("gpu") if _gpu_compute_capabilities() else []
-        if len(gpus) > 1:
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=gpus))
+        if len(_gpu_compute_capabilities()) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel(
+                devices=keras.distribution.list_devices("gpu")))
         return contextlib.nullcontext()
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy().scope()
