@@ -3,7 +3,7 @@
 MobileNetV2. Reports test accuracy after train and after fine_tune, and wall time, for the
 demo's ImageNet weights next to weights=none with the same budget.
 
-    .venv/bin/python -m bench.accuracy [--epochs 10] [--fine-tune-epochs 5]
+    .venv/bin/python -m bench.accuracy [--epochs 10] [--fine-tune-epochs 5] [--weights none]
 
 Needs the demo weights (derived on first use, like `tlp demo-weights`).
 """
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=5)
     parser.add_argument("--fine-tune-layers", default="30")
     parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-4)
+    parser.add_argument("--weights", choices=("both", "imagenet", "none"), default="both",
+                        help="run one arm only: the demo's imagenet weights, or none")
     args = parser.parse_args()
     train_images, train_labels = fashion_mnist.load("train")
     test_images, test_labels = fashion_mnist.load("test")
@@ -65,11 +67,13 @@ def main() -> None:
             "train": (train_images[train], train_labels[train]),
             "validation": (train_images[validation], train_labels[validation]),
             "test": (test_images, test_labels)}, args.image_size)
-        for name, weights in (("imagenet (demo)", str(demo_weights.ensure_demo_weights())),
-                              ("none", "none")):
-            work = Path(tmp) / name.split()[0]
-            work.mkdir()
-            results[name] = run(weights, dataset, work, args)
+        arms = {"imagenet (demo)": lambda: str(demo_weights.ensure_demo_weights()),
+                "none": lambda: "none"}
+        for name, weights in arms.items():
+            if args.weights in ("both", name.split()[0]):
+                work = Path(tmp) / name.split()[0]
+                work.mkdir()
+                results[name] = run(weights(), dataset, work, args)
     print(f"\n{args.image_size} px, {args.epochs}+{args.fine_tune_epochs} epochs, "
           f"fine-tuning the top {args.fine_tune_layers} layers at "
           f"{args.fine_tune_learning_rate:g}")

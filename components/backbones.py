@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import keras
 from keras import applications as apps
 
-from components import storage
+from components import configs, storage
 from components.errors import TlpError
 
 BACKBONE_LAYER_NAME = "backbone"
@@ -139,6 +139,10 @@ def build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
                        "weights, or pass weights=none.") from error
     # Renamed afterwards: EfficientNetV2 looks its architecture up by the `name` argument.
     model.name = BACKBONE_LAYER_NAME
+    if weights == "none":
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = configs.FROM_SCRATCH_BATCH_NORM_MOMENTUM
     if weights not in ("imagenet", "none"):
         try:
             load_weights(model, weights)

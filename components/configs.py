@@ -125,6 +125,14 @@ REDUCE_LR_PATIENCE = 2
 TARGET_ACCURACY = 1.0
 CACHE_BUDGET_MB = 2048
 MIXED_PRECISION = "auto"
+# Keras backends train and fine_tune can run on; evaluate and export always use TensorFlow
+# (the saved .keras model is the same on either).
+BACKENDS = ("tensorflow", "jax")
+BACKEND = "tensorflow"
+# BatchNorm momentum of a backbone trained from scratch (weights=none). keras.applications use
+# 0.99 or 0.999, made for runs of 100,000s of steps: after a short run their moving statistics
+# still mostly hold the initial values and the model predicts one class in inference mode.
+FROM_SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 STEPS_PER_EXECUTION = 1
 MIN_TEST_ACCURACY = 0.5
 TOP_K = 3

@@ -47,13 +47,16 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
           augment_erasing: float, augment_fill_mode: str, epochs: int,
           learning_rate: float, batch_size: int, optimizer: str, lr_schedule: str,
           warmup_epochs: int, label_smoothing: float, class_weighting: str,
-          mixed_precision: str, steps_per_execution: int, early_stopping_patience: int,
-          reduce_lr_patience: int, target_accuracy: float, cache_budget_mb: int, seed: int,
-          model: Output[Model], history: Output[Artifact],
+          mixed_precision: str, steps_per_execution: int, backend: str,
+          early_stopping_patience: int, reduce_lr_patience: int, target_accuracy: float,
+          cache_budget_mb: int, seed: int, model: Output[Model], history: Output[Artifact],
           tensorboard: Output[Artifact], initial_model: Output[Model]):
     """Trains a new head on the frozen pretrained backbone (saved before training too, as
     initial_model, for evaluate's comparison). Resumes after the last completed epoch when a
     retry finds the state of a killed attempt."""
+    from components import keras_backend
+
+    keras_backend.select(backend)  # Before anything imports keras.
     from components import model as model_lib, training
 
     head = model_lib.Head(pooling, model_lib.Head.parse_units(head_dense_units),
@@ -70,7 +73,8 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
     result = training.train(dataset.path, model.path, history.path, backbone, weights, head,
                             augmentation, learning_rate, options, state, tensorboard.path,
                             initial_model.path)
-    model.metadata.update({"backbone": backbone, "epochs": result["epoch"][-1]})
+    model.metadata.update({"backbone": backbone, "epochs": result["epoch"][-1],
+                           "backend": backend})
 
 
 @gpu_component
@@ -79,11 +83,14 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
               fine_tune_learning_rate: float, fine_tune_epochs: int, batch_size: int,
               optimizer: str, lr_schedule: str, warmup_epochs: int, label_smoothing: float,
               class_weighting: str, mixed_precision: str, steps_per_execution: int,
-              early_stopping_patience: int, reduce_lr_patience: int,
+              backend: str, early_stopping_patience: int, reduce_lr_patience: int,
               target_accuracy: float, cache_budget_mb: int, seed: int, model: Output[Model],
               history: Output[Artifact], tensorboard: Output[Artifact]):
     """Unfreezes the top backbone layers and trains further with a low learning rate.
     Resumes after the last completed epoch when a retry finds the state of a killed attempt."""
+    from components import keras_backend
+
+    keras_backend.select(backend)  # Before anything imports keras.
     from components import training
 
     options = training.FitOptions.from_parameters({**locals(), "epochs": fine_tune_epochs})
@@ -92,6 +99,7 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
     training.fine_tune(dataset.path, trained_model.path, train_history.path, model.path,
                        history.path, fine_tune_layers, fine_tune_learning_rate, options, state,
                        tensorboard.path, domain_similarity)
+    model.metadata["backend"] = backend
 
 
 @cpu_component

@@ -248,8 +248,8 @@ def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, w
           tensorboard_dir: str | None = None, initial_model_path: str | None = None) -> dict:
     """The train step: new head on the frozen pretrained backbone. The model as built, before
     any training, goes to initial_model_path when given (the evaluate step's "before")."""
+    accelerators.configure(options.mixed_precision)  # First: before TensorFlow starts.
     keras.utils.set_random_seed(options.seed)
-    accelerators.configure(options.mixed_precision)
     metadata = tfrecords.read_metadata(dataset_dir)
     with accelerators.distribution_scope():
         model = model_lib.build_model(metadata["num_classes"], backbone,
@@ -275,8 +275,8 @@ def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
     """The fine_tune step: unfreeze the top backbone layers (`layers`: a count, a fraction,
     'all', a layer name, or 'auto': chosen from the dataset's size and `similarity`),
     recompile with a low learning rate and continue the epoch count of the train step."""
+    accelerators.configure(options.mixed_precision)  # First: before TensorFlow starts.
     keras.utils.set_random_seed(options.seed)
-    accelerators.configure(options.mixed_precision)
     if layers == "auto":
         counts = list(tfrecords.read_metadata(dataset_dir)["counts"]["train"].values())
         layers = model_lib.auto_unfreeze(counts, similarity)

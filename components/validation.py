@@ -2,8 +2,8 @@
 clear message rather than deep inside a step."""
 from pathlib import Path
 
-from components import (accelerators, backbones, images, model as model_lib, preprocess,
-                        sources, storage, training)
+from components import (accelerators, backbones, images, keras_backend, model as model_lib,
+                        preprocess, sources, storage, training)
 from components.errors import TlpError
 
 
@@ -76,6 +76,7 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     training.class_weights([1], params["class_weighting"])
     _validate_fine_tune_layers(params)
     accelerators.choose_policy(params["mixed_precision"], [])
+    keras_backend.validate(params["backend"])
     if params["baseline_tolerance"] < 0:
         raise TlpError(f"baseline_tolerance={params['baseline_tolerance']} must be >= 0.")
     for name in ("weights", "baseline_model", "export_destination"):

@@ -147,6 +147,7 @@ def create_pipeline(cluster: ClusterOptions | None = None):
         cache_budget_mb: int = configs.CACHE_BUDGET_MB,
         mixed_precision: str = configs.MIXED_PRECISION,
         steps_per_execution: int = configs.STEPS_PER_EXECUTION,
+        backend: str = configs.BACKEND,
         min_test_accuracy: float = configs.MIN_TEST_ACCURACY,
         top_k: int = configs.TOP_K,
         baseline_model: str = configs.BASELINE_MODEL,
@@ -215,6 +216,8 @@ def create_pipeline(cluster: ClusterOptions | None = None):
                 none on CPU), bfloat16, float16 or off.
             steps_per_execution: Training steps per compiled call; raise it on GPUs when
                 steps are short.
+            backend: Keras backend of train and fine_tune: tensorflow or jax (tf.data still
+                feeds it; evaluate and export use TensorFlow).
             min_test_accuracy: Export the model only if its test accuracy reaches this.
             top_k: Report top-k accuracy for this k.
             baseline_model: A .keras file or export folder (local, gs:// or s3://) to beat on
@@ -226,7 +229,7 @@ def create_pipeline(cluster: ClusterOptions | None = None):
         fit_args = dict(batch_size=batch_size, optimizer=optimizer, lr_schedule=lr_schedule,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                         class_weighting=class_weighting, mixed_precision=mixed_precision,
-                        steps_per_execution=steps_per_execution,
+                        steps_per_execution=steps_per_execution, backend=backend,
                         early_stopping_patience=early_stopping_patience,
                         reduce_lr_patience=reduce_lr_patience, target_accuracy=target_accuracy,
                         cache_budget_mb=cache_budget_mb, seed=seed)
