@@ -28,6 +28,8 @@ CONFIGS := from components import configs as c
 IMAGE_REGISTRY ?= $(shell $(PYTHON) -c '$(CONFIGS); print(c.IMAGE_REGISTRY)')
 image = $(shell $(PYTHON) -c '$(CONFIGS); print(c.image(c.$(1)_IMAGE_NAME, "$(IMAGE_REGISTRY)"))')
 BUILD := $(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile
+# BuildKit: docker/Dockerfile.dockerignore and the pip cache mount need it.
+images: export DOCKER_BUILDKIT = 1
 
 images:
 	$(BUILD) --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) -t $(call image,CPU) .
