@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test weights images clean
+.PHONY: demo test weights images image-cpu image-gpu clean
 
 demo: $(INSTALLED) weights
 	$(BIN)/tlp run --local --demo
@@ -28,9 +28,15 @@ CONFIGS := from components import configs as c
 IMAGE_REGISTRY ?= $(shell $(PYTHON) -c '$(CONFIGS); print(c.IMAGE_REGISTRY)')
 image = $(shell $(PYTHON) -c '$(CONFIGS); print(c.image(c.$(1)_IMAGE_NAME, "$(IMAGE_REGISTRY)"))')
 BUILD := $(DOCKER) build $(DOCKER_BUILD_FLAGS) -f docker/Dockerfile
+# BuildKit: docker/Dockerfile.dockerignore and the pip cache mount need it. Without a Docker
+# engine or registry: eval "$$(docker/local-engine.sh --gpu-base)" first (README).
+images: image-cpu image-gpu
+image-cpu image-gpu: export DOCKER_BUILDKIT = 1
 
-images:
+image-cpu:
 	$(BUILD) --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) -t $(call image,CPU) .
+
+image-gpu:
 	$(BUILD) --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) --build-arg TENSORFLOW_FROM_BASE=true \
 		-t $(call image,GPU) .
 

@@ -40,6 +40,13 @@ RETRY_BACKOFF = "60s"
 RETRY_BACKOFF_FACTOR = 2.0
 RETRY_BACKOFF_MAX = "3600s"
 IMAGE_PULL_POLICY = "IfNotPresent"  # The tags are versions, never moved.
+
+# `tlp run --local --docker`: pipeline parameters that may name local files or folders, mounted
+# into the step containers at the same path (read-only, except the export destination), and
+# the container network (host: no bridge needed, and weights=imagenet can still download).
+DOCKER_INPUT_PATHS = ("data_dir", "weights", "previous_manifest", "baseline_model")
+DOCKER_OUTPUT_PATHS = ("export_destination",)
+DOCKER_NETWORK = "host"
 # How often `tlp submit --wait` asks for the run's state, in seconds.
 SUBMIT_POLL_SECONDS = 15.0
 

@@ -92,10 +92,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.local:
         raise TlpError("tlp run needs --local (to run on a cluster, use tlp submit).")
     arguments = pipeline_arguments(args, local=True)
-    print(f"Running the pipeline locally on {arguments['data_dir']} "
-          f"(backbone {arguments['backbone']}, weights {arguments['weights']})", flush=True)
+    image = configs.image(configs.CPU_IMAGE_NAME, args.image_registry) if args.docker else None
+    print(f"Running the pipeline locally{f' in {image}' if image else ''} on "
+          f"{arguments['data_dir']} (backbone {arguments['backbone']}, weights "
+          f"{arguments['weights']})", flush=True)
     started = time.monotonic()
-    result = runner.run_local(arguments, args.pipeline_root)
+    result = runner.run_local(arguments, args.pipeline_root, image)
     accuracy = result.evaluation["accuracy"]
     print(f"\nPipeline finished in {time.monotonic() - started:.0f} s: {result.run_dir}")
     initial = result.evaluation["initial"]
@@ -245,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="run every step as a local process")
     run.add_argument("--pipeline-root", default=configs.DEFAULT_PIPELINE_ROOT,
                      help="local folder for the run's artifacts [%(default)s]")
+    run.add_argument("--docker", action="store_true",
+                     help="run each step in a container of the CPU image (kfp.local "
+                          "DockerRunner); needs a Docker engine and `make images`")
+    run.add_argument("--image-registry", default=configs.IMAGE_REGISTRY,
+                     help="with --docker: where the tlp-cpu image comes from [%(default)s]")
     run.add_argument("--demo", action="store_true",
                      help="use the offline demo weights (derived on first use, see "
                           "`tlp demo-weights`); data defaults to the bundled sample anyway")

@@ -90,8 +90,9 @@ class ClusterOptions:
                 kubernetes.add_toleration(task, **parse_toleration(text))
 
 
-def create_pipeline(cluster: ClusterOptions | None = None):
-    """Returns the pipeline; with cluster options for a cluster, without for kfp.local."""
+def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = None):
+    """Returns the pipeline; with cluster options for a cluster, without for kfp.local (with
+    image, every step runs in that image: kfp.local's DockerRunner)."""
 
     @dsl.pipeline(name=configs.PIPELINE_NAME,
                   description="Transfer-learning image classifier: preprocess, train a new head "
@@ -273,9 +274,11 @@ def create_pipeline(cluster: ClusterOptions | None = None):
                 train_history=train.outputs["history"],
                 fine_tune_history=tune.outputs["history"], backbone=backbone,
                 export_destination=export_destination)
-        if cluster:
-            for step, task in (("preprocess", prep), ("train", train), ("fine_tune", tune),
-                               ("evaluate", evaluation), ("export", export)):
+        for step, task in (("preprocess", prep), ("train", train), ("fine_tune", tune),
+                           ("evaluate", evaluation), ("export", export)):
+            if cluster:
                 cluster.configure(task, step)
+            elif image:
+                task.set_container_image(image)
 
     return pipeline

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from components import configs
 from components.errors import TlpError
+from pipelines import local_docker
 from pipelines.pipeline import ClusterOptions, create_pipeline
 
 
@@ -25,21 +26,27 @@ def _single(run_dir: Path, pattern: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def run_local(arguments: dict, pipeline_root: str | Path) -> LocalRun:
-    """Runs every step as a local subprocess; artifacts land in a new folder under
-    pipeline_root (kfp.local needs a local, absolute path there)."""
+def run_local(arguments: dict, pipeline_root: str | Path,
+              docker_image: str | None = None) -> LocalRun:
+    """Runs every step as a local subprocess, or with docker_image in a container of that
+    image; artifacts land in a new folder under pipeline_root (kfp.local needs a local,
+    absolute path there)."""
     from kfp import local
 
-    # Locally the steps run in this environment, not in the images they name.
+    # Without docker_image the steps run in this environment, not in the images they name.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses "
                             "custom or non-Python base image", category=RuntimeWarning)
 
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     earlier = set(root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    if docker_image:
+        runner, arguments = local_docker.docker_runner(arguments, docker_image)
+    else:
+        runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=str(root))
     try:
-        create_pipeline()(**arguments)
+        create_pipeline(image=docker_image)(**arguments)
     except RuntimeError as error:  # kfp.local's report of a failed task.
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
         raise TlpError(f"{message} Its log, with the cause, is above.") from error

@@ -58,19 +58,30 @@ E2E_ARGUMENTS = dict(backbone="MobileNetV2", weights="none", image_size=32, epoc
 
 
 @pytest.fixture(scope="session")
-def local_run(tmp_path_factory):
-    """One local kfp run of the whole pipeline on tiny data (fresh pipeline_root)."""
-    from pipelines import runner
-
-    base = tmp_path_factory.mktemp("e2e")
-    data = make_image_folder(base / "images", {"red": 10, "green": 10, "blue": 10})
+def e2e_images(tmp_path_factory) -> Path:
+    """The tiny data of the end-to-end runs: 3 classes of 10, and one unreadable file."""
+    data = make_image_folder(tmp_path_factory.mktemp("e2e") / "images",
+                             {"red": 10, "green": 10, "blue": 10})
     (data / "red" / "broken.jpg").write_bytes(b"not really a jpeg")
+    return data
+
+
+def e2e_arguments(data: Path) -> dict:
+    """The pipeline arguments of the end-to-end runs, as `tlp run --local` makes them."""
     from pipelines.cli import build_parser, pipeline_arguments
 
     args = build_parser().parse_args(
         ["run", "--local", "--data-dir", str(data)]
         + [f"--{k.replace('_', '-')}={v}" for k, v in E2E_ARGUMENTS.items()])
-    return runner.run_local(pipeline_arguments(args, local=True), base / "root")
+    return pipeline_arguments(args, local=True)
+
+
+@pytest.fixture(scope="session")
+def local_run(e2e_images, tmp_path_factory):
+    """One local kfp run of the whole pipeline on tiny data (fresh pipeline_root)."""
+    from pipelines import runner
+
+    return runner.run_local(e2e_arguments(e2e_images), tmp_path_factory.mktemp("root"))
 
 
 # ---- Object storage: fake-gcs-server and moto_server on 127.0.0.1, one each per session -----

@@ -1,0 +1,87 @@
+"""`tlp run --local --docker`: kfp.local's DockerRunner, set up to run every step in the CPU
+image as it runs on a cluster, on this machine's files.
+
+kfp.local mounts only the pipeline root (at the same path); the data and the other local files
+the parameters name are mounted here, also at the same path. Steps run as the calling user, so
+the files they write belong to that user.
+"""
+import hashlib
+import importlib.metadata
+import os
+from pathlib import Path
+
+from components import configs
+from components.errors import TlpError
+
+_MAKE_IMAGES = "build it from this checkout with `make images` (README: Run in Docker locally)"
+
+
+def source_digest() -> str:
+    """Identifies the tlp code and pinned dependencies installed here; the same function run
+    in the image tells whether the image holds this checkout's version."""
+    import components
+    import pipelines
+
+    digest = hashlib.sha256("\n".join(sorted(importlib.metadata.requires("tlp") or ())).encode())
+    for package in (components, pipelines):
+        folder = Path(package.__file__).parent
+        for path in sorted(folder.rglob("*.py")):
+            digest.update(f"{path.relative_to(folder.parent)}\n".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _local_paths(arguments: dict, names: tuple[str, ...]) -> dict[str, str]:
+    """The parameters among names that hold a local path, made absolute: the steps' working
+    folder in the container is not this one."""
+    return {name: os.path.abspath(value) for name in names
+            if (value := arguments.get(name)) and "://" not in value
+            and value not in ("imagenet", "none")}
+
+
+def _check_image(client, image: str) -> None:
+    import docker
+
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise TlpError(f"the Docker image {image} does not exist: {_MAKE_IMAGES}.") from None
+    command = ["python3", "-c", "from pipelines.local_docker import source_digest; "
+               "print(source_digest())"]
+    try:
+        found = client.containers.run(image, command, remove=True, network_mode="none",
+                                      environment={"HOME": "/tmp"}).decode().strip()
+    except docker.errors.ContainerError:  # An image older than this check.
+        found = None
+    if found != source_digest():
+        raise TlpError(f"the Docker image {image} holds another version of tlp than this "
+                       f"checkout: rebuild it with `make images`.")
+
+
+def docker_runner(arguments: dict, image: str):
+    """Returns the runner and the arguments with local paths made absolute. Fails with the fix
+    when no Docker engine answers or the image is missing or stale."""
+    import docker
+    from kfp import local
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        where = os.environ.get("DOCKER_HOST", "the default socket")
+        raise TlpError(f"no Docker engine answers at {where} ({error}). Start Docker (or set "
+                       "DOCKER_HOST), or run without --docker.") from error
+    try:
+        _check_image(client, image)
+    finally:
+        client.close()
+    inputs = _local_paths(arguments, configs.DOCKER_INPUT_PATHS)
+    outputs = _local_paths(arguments, configs.DOCKER_OUTPUT_PATHS)
+    for folder in outputs.values():
+        Path(folder).mkdir(parents=True, exist_ok=True)  # A bind mount needs its source.
+    read_only = {path: True for path in inputs.values()} | {p: False for p in outputs.values()}
+    mounts = [docker.types.Mount(path, path, type="bind", read_only=ro)
+              for path, ro in read_only.items()]
+    runner = local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}", mounts=mounts,
+                                network_mode=configs.DOCKER_NETWORK,
+                                environment={"HOME": "/tmp"})  # The user may have no home.
+    return runner, {**arguments, **inputs, **outputs}

@@ -1,0 +1,69 @@
+"""`tlp run --local --docker`: the whole pipeline in the CPU image with kfp.local's DockerRunner,
+compared with the subprocess run (`local_run`). The tests marked docker need a Docker engine
+and the image (`make image-cpu`); the default suite leaves them out and CI runs them in a stage
+of their own (.ci/run)."""
+import json
+import os
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+from components import configs, predict
+from components.errors import TlpError
+from conftest import e2e_arguments
+from pipelines import local_docker, runner
+
+STEPS = ("preprocess", "train", "fine-tune", "evaluate", "export")
+
+
+def test_a_clear_error_when_no_docker_engine_answers(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with pytest.raises(TlpError, match="no Docker engine answers at unix://.*no-engine.sock"):
+        local_docker.docker_runner({"data_dir": str(tmp_path)}, configs.CPU_IMAGE)
+
+
+@pytest.mark.docker
+def test_a_clear_error_when_the_image_is_missing(tmp_path):
+    with pytest.raises(TlpError, match="tlp-test/missing:0 does not exist: .*make images"):
+        local_docker.docker_runner({"data_dir": str(tmp_path)}, "tlp-test/missing:0")
+
+
+def step_files(run_dir: Path, step: str) -> set[str]:
+    """A step's files, relative; TensorBoard event files are named by time and host."""
+    return {re.sub(r"(events\.out\.tfevents)\..*", r"\1", str(p.relative_to(run_dir / step)))
+            for p in (run_dir / step).rglob("*") if p.is_file()}
+
+
+def examples(shard: Path) -> list[tf.train.Example]:
+    return [tf.train.Example.FromString(record)
+            for record in tf.data.TFRecordDataset(str(shard)).as_numpy_iterator()]
+
+
+@pytest.mark.docker
+def test_docker_run_produces_the_artifacts_of_the_subprocess_run(local_run, e2e_images,
+                                                                 tmp_path_factory):
+    docker = runner.run_local(e2e_arguments(e2e_images), tmp_path_factory.mktemp("docker"),
+                              configs.CPU_IMAGE)
+    subprocess, run = local_run.run_dir, docker.run_dir
+    for step in STEPS:
+        assert step_files(run, step) == step_files(subprocess, step), step
+    # Preprocess is deterministic: the same examples (protobuf does not fix the byte order
+    # of their feature maps), metadata and manifest.
+    dataset = Path("preprocess/dataset")
+    for shard in (subprocess / dataset).glob("*.tfrecord"):
+        assert examples(run / dataset / shard.name) == examples(shard)
+    assert json.loads((run / dataset / "metadata.json").read_text()) == json.loads(
+        (subprocess / dataset / "metadata.json").read_text())
+    manifest = Path("preprocess/manifest")
+    assert pq.read_table(run / manifest).equals(pq.read_table(subprocess / manifest))
+    assert docker.evaluation.keys() == local_run.evaluation.keys()
+    assert docker.evaluation["gate"]["approved"] is True
+    # The exported model serves: a red training image gets three class probabilities.
+    [(_, top)] = predict.predict_files(docker.exported_model, [e2e_images / "red/red-000.png"])
+    assert {name for name, _ in top} == {"blue", "green", "red"}
+    assert sum(p for _, p in top) == pytest.approx(1, abs=1e-4)
+    # The steps ran as this user: it owns what they wrote.
+    assert {p.stat().st_uid for p in run.rglob("*")} == {os.getuid()}
