@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components import configs, fashion_mnist, images, tfrecords
+from components import configs, fashion_mnist, images, tfrecord_writer
 
 
 def write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -24,13 +24,13 @@ def write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]
             for index, (image, label) in enumerate(zip(pixels, labels)):
                 png = io.BytesIO()
                 Image.fromarray(image).save(png, format="PNG")
-                yield tfrecords.make_example(
+                yield tfrecord_writer.frame(tfrecord_writer.serialize_example(
                     images.encode_image(png.getvalue(), options), int(label),
                     names[label], f"{split}-{index:05d}.png",
-                    hashlib.sha256(png.getvalue()).hexdigest(), image_size)
+                    hashlib.sha256(png.getvalue()).hexdigest(), image_size))
 
         shard = f"{split}-00000-of-00001.tfrecord"
-        tfrecords.write_shard(out_dir / shard, examples())
+        tfrecord_writer.write_file(out_dir / shard, examples())
         metadata["shards"][split] = [shard]
         metadata["num_examples"][split] = len(labels)
         metadata["counts"][split] = {n: int((labels == i).sum()) for i, n in enumerate(names)}

@@ -55,7 +55,6 @@ KEY_WIDTH = "image/width"
 
 SPLITS = ("train", "validation", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
-SHARD_TARGET_BYTES = 128 * 1024 * 1024
 JPEG_QUALITY = 95
 # Manifest statuses, and the reasons a file is rejected.
 STATUSES = ("written", "duplicate", "rejected")
@@ -87,6 +86,7 @@ MAX_IMAGE_PIXELS = 100_000_000  # Decompression-bomb guard: larger images are re
 MIN_IMAGES_PER_CLASS = 5
 MAX_REJECTED_FRACTION = 0.1
 NUM_WORKERS = 0  # 0: one worker process per CPU of the machine running the step.
+SHARD_SIZE_MB = 128  # TFRecord shard size to aim for (TensorFlow's guidance: 100-200 MB).
 PREVIOUS_MANIFEST = ""
 BATCH_SIZE = 32
 POOLING = "avg"
