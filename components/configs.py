@@ -36,6 +36,8 @@ STEP_RESOURCES = {
 }
 # Retries for the GPU steps, which preemptible/spot nodes can kill mid-run.
 RETRIES = 2
+# Pods the preprocess step fans out over (1: one step, as kfp.local runs it).
+PREPROCESS_PARALLELISM = 1
 RETRY_BACKOFF = "60s"
 RETRY_BACKOFF_FACTOR = 2.0
 RETRY_BACKOFF_MAX = "3600s"

@@ -452,6 +452,12 @@ def merge(part_dirs: list[Path], output_dir: str, manifest_path: str, train_rati
     return metadata
 
 
+def artifact_metadata(metadata: dict) -> dict:
+    """What the dataset artifact shows in the KFP UI."""
+    return {key: metadata[key] for key in
+            ("class_names", "image_size", "num_examples", "num_rejected")}
+
+
 def run(data_dir: str, output_dir: str, manifest_path: str, image_size: int,
         train_ratio: float, validation_ratio: float, test_ratio: float, seed: int, *,
         resize_mode: str = configs.RESIZE_MODE, num_workers: int = configs.NUM_WORKERS,
