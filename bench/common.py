@@ -1,7 +1,9 @@
-"""Shared by the benchmarks: Fashion-MNIST written as the preprocess step's TFRecords."""
+"""Shared by the benchmarks: Fashion-MNIST written as the preprocess step's TFRecords, or as
+camera-sized photos."""
 import hashlib
 import io
 import json
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +38,28 @@ def write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]
         metadata["counts"][split] = {n: int((labels == i).sum()) for i, n in enumerate(names)}
     (out_dir / configs.METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     return out_dir
+
+
+PHOTOS_DIR = Path.home() / ".cache" / "tlp" / "bench-fashion-mnist-640"
+
+
+def _save_photo(args: tuple[np.ndarray, Path]) -> None:
+    pixels, path = args
+    Image.fromarray(pixels).convert("RGB").resize((640, 640), Image.Resampling.BICUBIC).save(
+        path, format="JPEG", quality=90)
+
+
+def make_photos(root: Path, count: int) -> Path:
+    """The first `count` Fashion-MNIST training images upscaled to 640x640 RGB JPEG
+    (quality 90), as root/<class>/NNNNN.jpg; made once, kept between runs."""
+    if len(list(root.glob("*/*.jpg"))) == count:
+        return root
+    images, labels = fashion_mnist.load("train")
+    images, labels = images[:count], labels[:count]
+    for name in fashion_mnist.CLASS_NAMES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    jobs = [(image, root / fashion_mnist.CLASS_NAMES[label] / f"{i:05d}.jpg")
+            for i, (image, label) in enumerate(zip(images, labels))]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_save_photo, jobs, chunksize=64))
+    return root

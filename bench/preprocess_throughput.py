@@ -12,37 +12,15 @@ import argparse
 import io
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from bench.common import PHOTOS_DIR, make_photos
 from components import configs, fashion_mnist, preprocess, tfrecord_writer
 
 SIZE = 160
-
-
-def _save_photo(args: tuple[np.ndarray, Path]) -> None:
-    pixels, path = args
-    Image.fromarray(pixels).convert("RGB").resize((640, 640), Image.Resampling.BICUBIC).save(
-        path, format="JPEG", quality=90)
-
-
-def make_images(root: Path, count: int) -> Path:
-    """The first `count` training images as root/<class>/NNNNN.jpg (kept between runs)."""
-    if len(list(root.glob("*/*.jpg"))) == count:
-        return root
-    images, labels = fashion_mnist.load("train")
-    images, labels = images[:count], labels[:count]
-    for name in fashion_mnist.CLASS_NAMES:
-        (root / name).mkdir(parents=True, exist_ok=True)
-    jobs = [(image, root / fashion_mnist.CLASS_NAMES[label] / f"{i:05d}.jpg")
-            for i, (image, label) in enumerate(zip(images, labels))]
-    with ProcessPoolExecutor() as pool:
-        list(pool.map(_save_photo, jobs, chunksize=64))
-    return root
 
 
 def naive_loop(root: Path, out: Path) -> int:
@@ -71,10 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10000, help="source images (max 60000)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the best one counts")
-    parser.add_argument("--images-dir", type=Path,
-                        default=Path.home() / ".cache" / "tlp" / "bench-fashion-mnist-640")
+    parser.add_argument("--images-dir", type=Path, default=PHOTOS_DIR)
     args = parser.parse_args()
-    root = make_images(args.images_dir / str(args.count), args.count)
+    root = make_photos(args.images_dir / str(args.count), args.count)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
 
