@@ -1,5 +1,6 @@
 """Shared by the benchmarks: Fashion-MNIST written as the preprocess step's TFRecords, or as
 camera-sized photos."""
+import argparse
 import hashlib
 import io
 import json
@@ -63,3 +64,15 @@ def make_photos(root: Path, count: int) -> Path:
     with ProcessPoolExecutor() as pool:
         list(pool.map(_save_photo, jobs, chunksize=64))
     return root
+
+
+def photos_from_arguments(description: str, count: int,
+                          repeats_help: str) -> tuple[argparse.Namespace, Path]:
+    """The benchmarks' common flags, parsed, and their photos (made if need be)."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=count, help="source photos (max 60000)")
+    parser.add_argument("--repeats", type=int, default=3, help=repeats_help)
+    parser.add_argument("--images-dir", type=Path, default=PHOTOS_DIR)
+    args = parser.parse_args()
+    return args, make_photos(args.images_dir / str(args.count), args.count)

@@ -10,15 +10,13 @@ least 5x the directory loader without caching, at least 10x with the decoded ima
 
     .venv/bin/python -m bench.input_throughput [--count 2000] [--repeats 3]
 """
-import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from bench.common import PHOTOS_DIR, make_photos
+from bench.common import photos_from_arguments
 from components import preprocess, tfrecords
 
 SIZE = 160
@@ -32,13 +30,7 @@ def epoch_seconds(dataset: tf.data.Dataset) -> tuple[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=2000, help="source photos (max 60000)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs; the best counts")
-    parser.add_argument("--images-dir", type=Path, default=PHOTOS_DIR)
-    args = parser.parse_args()
-    root = make_photos(args.images_dir / str(args.count), args.count)
+    args, root = photos_from_arguments(__doc__, 2000, "timed epochs; the best counts")
     with tempfile.TemporaryDirectory() as tmp:
         # Nearly everything in the train split, which training reads.
         preprocess.run(str(root), f"{tmp}/data", f"{tmp}/m.parquet", SIZE, 0.98, 0.01, 0.01,

@@ -8,7 +8,6 @@ and >= 1.5x the naive loop.
 
     .venv/bin/python -m bench.preprocess_throughput [--count 10000] [--repeats 3]
 """
-import argparse
 import io
 import tempfile
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import tensorflow as tf
 from PIL import Image
 
-from bench.common import PHOTOS_DIR, make_photos
+from bench.common import photos_from_arguments
 from components import configs, fashion_mnist, preprocess, tfrecord_writer
 
 SIZE = 160
@@ -46,12 +45,7 @@ def timed(task) -> tuple[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=10000, help="source images (max 60000)")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; the best one counts")
-    parser.add_argument("--images-dir", type=Path, default=PHOTOS_DIR)
-    args = parser.parse_args()
-    root = make_photos(args.images_dir / str(args.count), args.count)
+    args, root = photos_from_arguments(__doc__, 10000, "rounds; the best one counts")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
 
