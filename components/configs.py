@@ -36,6 +36,8 @@ STEP_RESOURCES = {
 }
 # Retries for the GPU steps, which preemptible/spot nodes can kill mid-run.
 RETRIES = 2
+# Pods the preprocess step fans out over (1: one step, as kfp.local runs it).
+PREPROCESS_PARALLELISM = 1
 RETRY_BACKOFF = "60s"
 RETRY_BACKOFF_FACTOR = 2.0
 RETRY_BACKOFF_MAX = "3600s"
@@ -62,7 +64,6 @@ KEY_WIDTH = "image/width"
 
 SPLITS = ("train", "validation", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
-SHARD_TARGET_BYTES = 128 * 1024 * 1024
 JPEG_QUALITY = 95
 # Manifest statuses, and the reasons a file is rejected.
 STATUSES = ("written", "duplicate", "rejected")
@@ -96,6 +97,7 @@ MAX_IMAGE_PIXELS = 100_000_000  # Decompression-bomb guard: larger images are re
 MIN_IMAGES_PER_CLASS = 5
 MAX_REJECTED_FRACTION = 0.1
 NUM_WORKERS = 0  # 0: one worker process per CPU of the machine running the step.
+SHARD_SIZE_MB = 128  # TFRecord shard size to aim for (TensorFlow's guidance: 100-200 MB).
 PREVIOUS_MANIFEST = ""
 TFDS_DATA_DIR = ""  # Empty: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
 TFDS_SPLITS = ""  # Empty: every split of the dataset.

@@ -4,6 +4,7 @@ Each runs in the project's image (configs.CPU_IMAGE / GPU_IMAGE) where the packa
 installed; kfp.local's SubprocessRunner runs them in the current environment instead.
 """
 import functools
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
@@ -19,9 +20,10 @@ gpu_component = functools.partial(dsl.component, base_image=configs.GPU_IMAGE,
 @cpu_component
 def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ratio: float,
                test_ratio: float, seed: int, resize_mode: str, num_workers: int,
-               min_images_per_class: int, max_rejected_fraction: float, max_image_pixels: int,
-               previous_manifest: str, tfds_data_dir: str, tfds_splits: str,
-               dataset: Output[Dataset], manifest: Output[Dataset], summary: Output[Metrics]):
+               shard_size_mb: int, min_images_per_class: int, max_rejected_fraction: float,
+               max_image_pixels: int, previous_manifest: str, tfds_data_dir: str,
+               tfds_splits: str, dataset: Output[Dataset], manifest: Output[Dataset],
+               summary: Output[Metrics]):
     """Resizes, splits and writes the images as sharded TFRecords plus a manifest; the
     summary counts reconcile: inputs = written + duplicates + rejected."""
     from components import preprocess as lib
@@ -31,9 +33,55 @@ def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ra
                        num_workers=num_workers, min_images_per_class=min_images_per_class,
                        max_rejected_fraction=max_rejected_fraction,
                        max_image_pixels=max_image_pixels, previous_manifest=previous_manifest,
-                       tfds_data_dir=tfds_data_dir, tfds_splits=tfds_splits)
-    dataset.metadata.update({key: metadata[key] for key in
-                             ("class_names", "image_size", "num_examples", "num_rejected")})
+                       shard_size_mb=shard_size_mb, tfds_data_dir=tfds_data_dir,
+                       tfds_splits=tfds_splits)
+    dataset.metadata.update(lib.artifact_metadata(metadata))
+    for name, value in metadata["summary"].items():
+        summary.log_metric(name, value)
+
+
+@cpu_component
+def preprocess_list(data_dir: str, listing: Output[Dataset]):
+    """Fan-out, first step: lists the input files once for the groups."""
+    from pathlib import Path
+
+    from components import preprocess as lib
+
+    lib.list_files(data_dir, Path(listing.path))
+
+
+@cpu_component
+def preprocess_group(listing: Input[Dataset], group: int, groups: int, image_size: int,
+                     resize_mode: str, max_image_pixels: int, num_workers: int,
+                     part: Output[Dataset]):
+    """Fan-out, one pod per group: hashes and encodes its slice of the listing."""
+    from pathlib import Path
+
+    from components import images, preprocess as lib
+
+    lib.encode_group(Path(listing.path), group, groups, Path(part.path),
+                     images.EncodeOptions(image_size, resize_mode, max_image_pixels),
+                     num_workers)
+
+
+@cpu_component
+def preprocess_merge(parts: Input[List[Dataset]], train_ratio: float, validation_ratio: float,
+                     test_ratio: float, seed: int, num_workers: int, shard_size_mb: int,
+                     min_images_per_class: int, max_rejected_fraction: float,
+                     previous_manifest: str, dataset: Output[Dataset],
+                     manifest: Output[Dataset], summary: Output[Metrics]):
+    """Fan-out, last step: the groups' parts -> the same outputs as `preprocess`."""
+    from pathlib import Path
+
+    from components import preprocess as lib
+
+    metadata = lib.merge([Path(part.path) for part in parts], dataset.path, manifest.path,
+                         train_ratio, validation_ratio, test_ratio, seed,
+                         shard_size_mb=shard_size_mb, num_workers=num_workers,
+                         min_images_per_class=min_images_per_class,
+                         max_rejected_fraction=max_rejected_fraction,
+                         previous_manifest=previous_manifest)
+    dataset.metadata.update(lib.artifact_metadata(metadata))
     for name, value in metadata["summary"].items():
         summary.log_metric(name, value)
 

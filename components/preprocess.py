@@ -5,7 +5,15 @@ Writes `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` (with a summ
 dataset folder, and a Parquet manifest with one row per input file. Every input file ends in
 exactly one place: a split (status `written`), the duplicate list (`duplicate`), or the rejected
 list (`rejected`, with a reason from configs.REJECT_REASONS and a detail).
+
+Two stages, so that the work can fan out over pods: `encode_part` turns a list of input files
+into a part (a folder of framed TFRecord records, one spool file per chunk of files, and a table
+of the files); `merge` takes one or more parts, resolves duplicates across them, assigns the
+splits and writes the shards, one writer per shard, by copying the records' bytes. `run` does
+both in one process pool; the pipeline's fan-out runs `encode_group` in several pods instead.
+Every result depends on the files only, never on the number of workers, chunks or parts.
 """
+import contextlib
 import functools
 import hashlib
 import json
@@ -13,18 +21,24 @@ import math
 import multiprocessing
 import os
 import random
+import shutil
 import tempfile
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from components import configs, images, sources, tfrecords
+from components import configs, images, sources, tfrecord_writer
 from components.errors import TlpError
+
+
+PART_INFO = "part.json"
+PART_FILES = "files.parquet"
+_PARTS_PREFIX = ".parts-"  # run()'s own part, inside the output folder while it runs.
 
 
 @dataclass
@@ -38,7 +52,8 @@ class SourceFile:
     reason: str = ""
     detail: str = ""
     split: str | None = None
-    offset: int = 0  # Where its encoded JPEG lies in the spool file.
+    spool: str = ""  # The file holding its framed TFRecord record, at offset, length bytes.
+    offset: int = 0
     length: int = 0
 
     @property
@@ -87,32 +102,61 @@ def resolve_workers(num_workers: int) -> int:
     return num_workers or len(os.sched_getaffinity(0))
 
 
-def _encoded_stream(paths: list[str], options: images.EncodeOptions, num_workers: int):
-    task = functools.partial(images.hash_and_encode, options=options)
+def _parallel_map(task, items: list, num_workers: int):
+    """task over items, in order (so results never depend on the number of workers)."""
     if num_workers == 1:
-        yield from map(task, paths)
+        yield from map(task, items)
         return
     # fork: workers start at once and, unlike spawn, do not re-import the main module (and
-    # with it TensorFlow) each. They only run PIL, never TensorFlow, so its threads are safe.
+    # with it TensorFlow) each. They never run TensorFlow, so a parent's threads are harmless.
     with multiprocessing.get_context("fork").Pool(num_workers) as pool:
-        # Ordered results keep the output independent of the number of workers.
-        yield from pool.imap(task, paths, chunksize=8)
+        yield from pool.imap(task, items)
 
 
-def encode_all(files: list[SourceFile], options: images.EncodeOptions, num_workers: int,
-               spool: BinaryIO) -> None:
-    """Hashes and encodes the pending files in worker processes, appending each JPEG to the
-    spool file as it arrives, so memory holds only what is in flight."""
-    pending = [s for s in files if s.status == "pending"]
-    results = _encoded_stream([s.ref for s in pending], options, num_workers)
-    for source, result in zip(pending, tqdm(results, total=len(pending), desc="preprocess",
-                                            unit="img", mininterval=2)):
-        source.sha256 = result.sha256
-        if result.reason:
-            source.reject(result.reason, result.detail)
-        else:
-            source.offset, source.length = spool.tell(), len(result.jpeg)
-            spool.write(result.jpeg)
+def _encode_chunk(task: tuple[str, list[SourceFile]],
+                  options: images.EncodeOptions) -> list[SourceFile]:
+    """The worker task: hashes and encodes a chunk of files, appends each one's framed
+    TFRecord record to the chunk's own spool file, and returns the files updated."""
+    spool_path, chunk = task
+    with open(spool_path, "wb") as spool:
+        for source in chunk:
+            result = images.hash_and_encode(source.ref, options)
+            source.sha256 = result.sha256
+            if result.reason:
+                source.reject(result.reason, result.detail)
+                continue
+            record = tfrecord_writer.frame(tfrecord_writer.serialize_example(
+                result.jpeg, source.label_index, source.label, source.name, result.sha256,
+                options.image_size))
+            source.spool, source.offset, source.length = spool_path, spool.tell(), len(record)
+            spool.write(record)
+    return chunk
+
+
+def _chunks(items: list, num_workers: int) -> list[list]:
+    """Small enough that the workers finish together and the progress bar moves, large
+    enough that a chunk's spool file is worth opening."""
+    size = min(64, max(1, math.ceil(len(items) / (8 * num_workers))))
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def encode_part(files: list[SourceFile], part_dir: Path, options: images.EncodeOptions,
+                num_workers: int) -> list[SourceFile]:
+    """Hashes and encodes the pending files in worker processes, each chunk into its own
+    spool file in part_dir, so the parent only collects small results. Returns the files, in
+    order, the pending ones now with their sha256 and record (or rejected)."""
+    is_pending = [s.status == "pending" for s in files]
+    pending = [s for s, waiting in zip(files, is_pending) if waiting]
+    tasks = [(str(part_dir / f"records-{index:05d}.bin"), chunk)
+             for index, chunk in enumerate(_chunks(pending, num_workers))]
+    encoded = []
+    with tqdm(total=len(pending), desc="preprocess", unit="img", mininterval=2) as progress:
+        for chunk in _parallel_map(functools.partial(_encode_chunk, options=options), tasks,
+                                   num_workers):
+            encoded.extend(chunk)
+            progress.update(len(chunk))
+    done = iter(encoded)  # Copies made by the workers, or (one worker) the same files.
+    return [next(done) if waiting else s for s, waiting in zip(files, is_pending)]
 
 
 def resolve_duplicates(files: list[SourceFile]) -> None:
@@ -188,23 +232,37 @@ def assign_splits(files: list[SourceFile], ratios: dict[str, float], seed: int,
             counts[source.split] += 1
 
 
-def write_split(files: list[SourceFile], split: str, class_names: list[str],
-                output_dir: Path, image_size: int, spool: BinaryIO) -> list[str]:
-    total_bytes = sum(s.length for s in files)
-    num_shards = max(1, math.ceil(total_bytes / configs.SHARD_TARGET_BYTES))
+def plan_shards(members: list[SourceFile], split: str,
+                shard_size_mb: int) -> dict[str, list[SourceFile]]:
+    """Shard name -> its files: as many shards as the records' bytes need, files dealt out
+    in turn so that every shard mixes the (already shuffled) classes alike."""
+    total_bytes = sum(s.length for s in members)
+    num_shards = max(1, math.ceil(total_bytes / (shard_size_mb * 2**20)))
+    return {f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord": members[shard::num_shards]
+            for shard in range(num_shards)}
 
-    def example(source: SourceFile):
-        encoded = os.pread(spool.fileno(), source.length, source.offset)
-        return tfrecords.make_example(encoded, source.label_index,
-                                      class_names[source.label_index], source.name,
-                                      source.sha256, image_size)
 
-    shard_names = []
-    for shard in range(num_shards):
-        name = f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
-        tfrecords.write_shard(output_dir / name, map(example, files[shard::num_shards]))
-        shard_names.append(name)
-    return shard_names
+def write_shard(path: Path, members: list[SourceFile]) -> None:
+    """Copies the members' framed records from their spool files into one shard."""
+    with contextlib.ExitStack() as stack:
+        spools: dict[str, int] = {}
+
+        def record(source: SourceFile) -> bytes:
+            if source.spool not in spools:
+                spools[source.spool] = stack.enter_context(open(source.spool, "rb")).fileno()
+            return os.pread(spools[source.spool], source.length, source.offset)
+
+        tfrecord_writer.write_file(path, map(record, members))
+
+
+def write_shards(shards: dict[str, list[SourceFile]], output_dir: Path,
+                 num_workers: int) -> None:
+    """One writer per shard, num_workers at a time: copying bytes is I/O, so threads do."""
+    with ThreadPoolExecutor(num_workers) as pool, tqdm(total=len(shards), desc="shards",
+                                                         mininterval=2) as progress:
+        for _ in pool.map(lambda item: write_shard(output_dir / item[0], item[1]),
+                          shards.items()):
+            progress.update()
 
 
 def summarize(files: list[SourceFile]) -> dict[str, int]:
@@ -243,20 +301,48 @@ def check_outcome(files: list[SourceFile], class_names: list[str], summary: dict
                            "images): add images or raise its ratio.")
 
 
-def write_manifest(files: list[SourceFile], path: Path) -> None:
-    table = pa.table({
-        "source_path": [str(s.path) for s in files],
-        "label": [s.label for s in files],
-        "label_index": pa.array([s.label_index for s in files], pa.int32()),
-        "split": [s.split if s.status == "written" else None for s in files],
-        "sha256": [s.sha256 or None for s in files],
-        "status": [s.status for s in files],
-        "reason": [s.reason or None for s in files],
-        "detail": [s.detail or None for s in files],
-    })
+_MANIFEST_COLUMNS = {"source_path": pa.string(), "label": pa.string(),
+                     "label_index": pa.int32(), "split": pa.string(), "sha256": pa.string(),
+                     "status": pa.string(), "reason": pa.string(), "detail": pa.string()}
+# A part's table also says where each file's record lies, relative to the part folder.
+_PART_COLUMNS = {**_MANIFEST_COLUMNS, "spool": pa.string(), "offset": pa.int64(),
+                 "length": pa.int64()}
+
+
+def _write_table(files: list[SourceFile], path: Path, columns: dict) -> None:
+    rows = [{"source_path": s.path, "label": s.label, "label_index": s.label_index,
+             "split": s.split if s.status == "written" else None, "sha256": s.sha256 or None,
+             "status": s.status, "reason": s.reason or None, "detail": s.detail or None,
+             "spool": os.path.basename(s.spool), "offset": s.offset, "length": s.length}
+            for s in files]
+    table = pa.Table.from_pylist(rows, schema=pa.schema(columns))
     partial = path.with_name(path.name + ".partial")
     pq.write_table(table, partial)
     partial.replace(path)
+
+
+def write_manifest(files: list[SourceFile], path: Path) -> None:
+    _write_table(files, path, _MANIFEST_COLUMNS)
+
+
+def save_part(part_dir: Path, info: dict, files: list[SourceFile]) -> None:
+    """A part: its files' table and info (class names, encoding options, group), beside
+    the spool files; the info goes last, so a part with one is complete."""
+    _write_table(files, part_dir / PART_FILES, _PART_COLUMNS)
+    (part_dir / PART_INFO).write_text(json.dumps(info, indent=2))
+
+
+def load_part(part_dir: Path) -> tuple[dict, list[SourceFile]]:
+    info = json.loads((part_dir / PART_INFO).read_text())
+    files = []
+    for row in pq.read_table(part_dir / PART_FILES).to_pylist():
+        source = SourceFile(row["source_path"], row["label"], row["label_index"],
+                            sha256=row["sha256"] or "", status=row["status"],
+                            reason=row["reason"] or "", detail=row["detail"] or "",
+                            offset=row["offset"], length=row["length"])
+        source.spool = str(part_dir / row["spool"]) if row["spool"] else ""
+        files.append(source)
+    return info, files
 
 
 def _clear_previous_output(out: Path) -> None:
@@ -267,55 +353,91 @@ def _clear_previous_output(out: Path) -> None:
         stale.unlink()
 
 
-def run(data_dir: str, output_dir: str, manifest_path: str, image_size: int,
-        train_ratio: float, validation_ratio: float, test_ratio: float, seed: int, *,
-        resize_mode: str = configs.RESIZE_MODE, num_workers: int = configs.NUM_WORKERS,
-        min_images_per_class: int = configs.MIN_IMAGES_PER_CLASS,
-        max_rejected_fraction: float = configs.MAX_REJECTED_FRACTION,
-        max_image_pixels: int = configs.MAX_IMAGE_PIXELS,
-        previous_manifest: str = configs.PREVIOUS_MANIFEST,
-        tfds_data_dir: str = configs.TFDS_DATA_DIR,
-        tfds_splits: str = configs.TFDS_SPLITS) -> dict:
-    """Runs the whole preprocess step and returns the metadata it wrote (with `summary`).
+def list_files(data_dir: str, listing_dir: Path) -> None:
+    """The fan-out's first step: lists the inputs once, as a part without records, for the
+    groups to share."""
+    class_names, files = list_inputs(data_dir)
+    if any(source.data is not None for source in files):
+        raise TlpError(f"{data_dir}: a TFDS source cannot fan out over pods (its images are "
+                       "read in the listing step): set preprocess_parallelism=1.")
+    listing_dir.mkdir(parents=True, exist_ok=True)
+    save_part(listing_dir, {"class_names": class_names}, files)
+
+
+def _part_info(class_names: list[str], options: images.EncodeOptions, group: int,
+               groups: int) -> dict:
+    return {"class_names": class_names, "image_size": options.image_size,
+            "resize_mode": options.resize_mode, "max_pixels": options.max_pixels,
+            "group": group, "groups": groups}
+
+
+def encode_group(listing_dir: Path, group: int, groups: int, part_dir: Path,
+                 options: images.EncodeOptions, num_workers: int) -> None:
+    """One pod of the fan-out: encodes group `group` of `groups` (a contiguous slice of the
+    listing) into part_dir."""
+    info, files = load_part(listing_dir)
+    start, end = len(files) * group // groups, len(files) * (group + 1) // groups
+    part_dir.mkdir(parents=True, exist_ok=True)
+    files = encode_part(files[start:end], part_dir, options, resolve_workers(num_workers))
+    save_part(part_dir, _part_info(info["class_names"], options, group, groups), files)
+
+
+def _read_parts(part_dirs: list[Path]) -> tuple[dict, list[SourceFile]]:
+    """The parts' files in group order; checks that they are the groups of one listing,
+    encoded alike."""
+    loaded = sorted((load_part(Path(d)) for d in part_dirs), key=lambda p: p[0]["group"])
+    infos = [info for info, _ in loaded]
+    groups = infos[0]["groups"]
+    if [info["group"] for info in infos] != list(range(groups)) or any(
+            {**info, "group": 0} != {**infos[0], "group": 0} for info in infos):
+        raise RuntimeError(f"parts do not make up one listing's {groups} groups, encoded "
+                           f"alike: {infos}")  # A bug in the DAG, not a user error.
+    return infos[0], [source for _, files in loaded for source in files]
+
+
+def merge(part_dirs: list[Path], output_dir: str, manifest_path: str, train_ratio: float,
+          validation_ratio: float, test_ratio: float, seed: int, *,
+          shard_size_mb: int = configs.SHARD_SIZE_MB, num_workers: int = configs.NUM_WORKERS,
+          min_images_per_class: int = configs.MIN_IMAGES_PER_CLASS,
+          max_rejected_fraction: float = configs.MAX_REJECTED_FRACTION,
+          previous_manifest: str = configs.PREVIOUS_MANIFEST) -> dict:
+    """Parts -> the dataset: duplicates resolved across all parts, splits assigned, the
+    manifest, the shards and metadata.json written; returns the metadata (with `summary`).
     The manifest is written even when the outcome checks then fail, to show why."""
-    validate_ratios(train_ratio, validation_ratio, test_ratio)
-    class_names, files = list_inputs(data_dir, tfds_data_dir, tfds_splits)
-    pinned = read_pinned_splits(previous_manifest)
+    info, files = _read_parts(part_dirs)
+    class_names = info["class_names"]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous_output(out)
-    options = images.EncodeOptions(image_size, resize_mode, max_image_pixels)
-    # An unlinked temporary file: a killed run leaves nothing behind.
-    with tempfile.TemporaryFile(dir=out) as spool:
-        encode_all(files, options, resolve_workers(num_workers), spool)
-        spool.flush()
-        resolve_duplicates(files)
-        usable = [s for s in files if s.status == "pending"]
-        for source in usable:
-            source.status = "written"
-        assign_splits(usable, {"train": train_ratio, "validation": validation_ratio,
-                               "test": test_ratio}, seed, pinned)
-        summary = summarize(files)
-        write_manifest(files, Path(manifest_path))
-        for source in files:
-            if source.status == "rejected":
-                print(f"preprocess: rejected {source.path}: {source.reason}: {source.detail}",
-                      flush=True)
-        check_outcome(files, class_names, summary, min_images_per_class,
-                      max_rejected_fraction)
-        metadata = {"class_names": class_names, "num_classes": len(class_names),
-                    "image_size": image_size, "image_format": "jpeg", "resize_mode": resize_mode,
-                    "counts": {}, "shards": {}, "num_examples": {},
-                    "num_rejected": summary["rejected"], "summary": summary}
-        rng = random.Random(seed)
-        for split in configs.SPLITS:
-            members = sorted((s for s in usable if s.split == split), key=lambda s: str(s.path))
-            rng.shuffle(members)  # Mix classes within each shard.
-            metadata["shards"][split] = write_split(members, split, class_names, out,
-                                                    image_size, spool)
-            metadata["num_examples"][split] = len(members)
-            counts = Counter(s.label for s in members)
-            metadata["counts"][split] = {name: counts.get(name, 0) for name in class_names}
+    resolve_duplicates(files)
+    usable = [s for s in files if s.status == "pending"]
+    for source in usable:
+        source.status = "written"
+    assign_splits(usable, {"train": train_ratio, "validation": validation_ratio,
+                           "test": test_ratio}, seed, read_pinned_splits(previous_manifest))
+    summary = summarize(files)
+    write_manifest(files, Path(manifest_path))
+    for source in files:
+        if source.status == "rejected":
+            print(f"preprocess: rejected {source.path}: {source.reason}: {source.detail}",
+                  flush=True)
+    check_outcome(files, class_names, summary, min_images_per_class, max_rejected_fraction)
+    metadata = {"class_names": class_names, "num_classes": len(class_names),
+                "image_size": info["image_size"], "image_format": "jpeg",
+                "resize_mode": info["resize_mode"], "counts": {}, "shards": {},
+                "num_examples": {}, "num_rejected": summary["rejected"], "summary": summary}
+    shards = {}
+    rng = random.Random(seed)
+    for split in configs.SPLITS:
+        members = sorted((s for s in usable if s.split == split), key=lambda s: s.path)
+        rng.shuffle(members)  # Mix classes within each shard.
+        split_shards = plan_shards(members, split, shard_size_mb)
+        shards.update(split_shards)
+        metadata["shards"][split] = list(split_shards)
+        metadata["num_examples"][split] = len(members)
+        counts = Counter(s.label for s in members)
+        metadata["counts"][split] = {name: counts.get(name, 0) for name in class_names}
+    write_shards(shards, out, resolve_workers(num_workers))
     partial = out / (configs.METADATA_FILE + ".partial")
     partial.write_text(json.dumps(metadata, indent=2))
     partial.replace(out / configs.METADATA_FILE)  # Last: its presence marks a finished run.
@@ -323,3 +445,39 @@ def run(data_dir: str, output_dir: str, manifest_path: str, image_size: int,
           f"{metadata['num_examples']}, {summary['duplicates']} duplicates, "
           f"{summary['rejected']} rejected; {len(class_names)} classes in {out}", flush=True)
     return metadata
+
+
+def artifact_metadata(metadata: dict) -> dict:
+    """What the dataset artifact shows in the KFP UI."""
+    return {key: metadata[key] for key in
+            ("class_names", "image_size", "num_examples", "num_rejected")}
+
+
+def run(data_dir: str, output_dir: str, manifest_path: str, image_size: int,
+        train_ratio: float, validation_ratio: float, test_ratio: float, seed: int, *,
+        resize_mode: str = configs.RESIZE_MODE, num_workers: int = configs.NUM_WORKERS,
+        min_images_per_class: int = configs.MIN_IMAGES_PER_CLASS,
+        max_rejected_fraction: float = configs.MAX_REJECTED_FRACTION,
+        max_image_pixels: int = configs.MAX_IMAGE_PIXELS,
+        previous_manifest: str = configs.PREVIOUS_MANIFEST,
+        shard_size_mb: int = configs.SHARD_SIZE_MB,
+        tfds_data_dir: str = configs.TFDS_DATA_DIR,
+        tfds_splits: str = configs.TFDS_SPLITS) -> dict:
+    """The whole preprocess step in one process pool: one group, then the merge."""
+    validate_ratios(train_ratio, validation_ratio, test_ratio)
+    class_names, files = list_inputs(data_dir, tfds_data_dir, tfds_splits)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_previous_output(out)
+    for stale in out.glob(_PARTS_PREFIX + "*"):  # What a killed run left.
+        shutil.rmtree(stale)
+    options = images.EncodeOptions(image_size, resize_mode, max_image_pixels)
+    # In the output folder, whose disk is sized for the dataset; removed when done.
+    with tempfile.TemporaryDirectory(prefix=_PARTS_PREFIX, dir=out) as part:
+        files = encode_part(files, Path(part), options, resolve_workers(num_workers))
+        save_part(Path(part), _part_info(class_names, options, 0, 1), files)
+        return merge([Path(part)], output_dir, manifest_path, train_ratio, validation_ratio,
+                     test_ratio, seed, shard_size_mb=shard_size_mb, num_workers=num_workers,
+                     min_images_per_class=min_images_per_class,
+                     max_rejected_fraction=max_rejected_fraction,
+                     previous_manifest=previous_manifest)

@@ -1,8 +1,7 @@
-"""TFRecord examples (tensorflow/models feature keys) and the tf.data input pipeline that
-train, fine_tune and evaluate share."""
+"""The tf.data input pipeline that train, fine_tune and evaluate share, over the TFRecord
+shards the preprocess step writes (components/tfrecord_writer.py)."""
 import json
 import math
-from collections.abc import Iterable
 from pathlib import Path
 
 import tensorflow as tf
@@ -13,38 +12,6 @@ _FEATURES = {
     configs.KEY_ENCODED: tf.io.FixedLenFeature([], tf.string),
     configs.KEY_LABEL: tf.io.FixedLenFeature([], tf.int64),
 }
-
-
-def _bytes(value: bytes) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int(value: int) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-
-def make_example(encoded_jpeg: bytes, label: int, label_text: str, filename: str,
-                 sha256: str, image_size: int) -> tf.train.Example:
-    return tf.train.Example(features=tf.train.Features(feature={
-        configs.KEY_ENCODED: _bytes(encoded_jpeg),
-        configs.KEY_FORMAT: _bytes(b"jpeg"),
-        configs.KEY_LABEL: _int(label),
-        configs.KEY_LABEL_TEXT: _bytes(label_text.encode()),
-        configs.KEY_FILENAME: _bytes(filename.encode()),
-        configs.KEY_SHA256: _bytes(sha256.encode()),
-        configs.KEY_HEIGHT: _int(image_size),
-        configs.KEY_WIDTH: _int(image_size),
-    }))
-
-
-def write_shard(path: Path, examples: Iterable[tf.train.Example]) -> None:
-    """Writes under a temporary name and renames, so a killed run leaves no finished-looking
-    half shard."""
-    partial = path.with_name(path.name + ".partial")
-    with tf.io.TFRecordWriter(str(partial)) as writer:
-        for example in examples:
-            writer.write(example.SerializeToString())
-    partial.replace(path)
 
 
 def read_metadata(dataset_dir: str | Path) -> dict:

@@ -59,7 +59,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                           ("early_stopping_patience", 0), ("reduce_lr_patience", 0),
                           ("cache_budget_mb", 0), ("warmup_epochs", 0),
                           ("steps_per_execution", 1), ("top_k", 1), ("num_workers", 0),
-                          ("min_images_per_class", 1), ("max_image_pixels", 1)):
+                          ("shard_size_mb", 1), ("min_images_per_class", 1),
+                          ("max_image_pixels", 1)):
         _at_least(params, name, minimum)
     model_lib.Head(params["pooling"], model_lib.Head.parse_units(params["head_dense_units"]),
                    params["head_batch_norm"], params["dropout"],

@@ -143,7 +143,8 @@ def cluster_options(args: argparse.Namespace):
         gpu_tolerations=tolerations, resources=resources, retries=args.retries,
         cache_preprocess=args.cache_preprocess, image_pull_policy=args.image_pull_policy,
         image_pull_secrets=tuple(args.image_pull_secret or ()),
-        image_registry=args.image_registry)
+        image_registry=args.image_registry,
+        preprocess_parallelism=args.preprocess_parallelism)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -221,6 +222,10 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--retries", type=int, default=configs.RETRIES,
                        help="retries of a failed train or fine_tune, with back-off "
                             "[%(default)s]")
+    group.add_argument("--preprocess-parallelism", type=int,
+                       default=configs.PREPROCESS_PARALLELISM,
+                       help="pods preprocess fans out over, each encoding a group of the "
+                            "files, then merged; 1: one step [%(default)s]")
     group.add_argument("--cache-preprocess", action=argparse.BooleanOptionalAction,
                        default=True, help="reuse preprocess outputs for the same parameters "
                                           "(turn off when data_dir's content changed) "

@@ -35,6 +35,8 @@ class ClusterOptions:
     with gpu_count 0 they run in the CPU image anywhere. resources: step -> (CPU, memory)
     requests. retries: attempts after a failure of train or fine_tune. Only preprocess is ever
     cached (cache_preprocess); the other steps always run. Images come from image_registry.
+    preprocess_parallelism: 1 runs preprocess as one step; N > 1 fans it out over N pods
+    (see add_preprocess), each with preprocess's resources.
     """
     gpu_count: int = configs.GPU_COUNT
     gpu_resource: str = configs.GPU_RESOURCE
@@ -48,12 +50,16 @@ class ClusterOptions:
     image_pull_policy: str = configs.IMAGE_PULL_POLICY
     image_pull_secrets: tuple[str, ...] = ()
     image_registry: str = configs.IMAGE_REGISTRY
+    preprocess_parallelism: int = configs.PREPROCESS_PARALLELISM
 
     def __post_init__(self):
         for text in self.gpu_tolerations:
             parse_toleration(text)
         if self.gpu_count < 0 or self.retries < 0:
             raise TlpError("gpu count and retries must be 0 or more.")
+        if self.preprocess_parallelism < 1:
+            raise TlpError(f"preprocess parallelism {self.preprocess_parallelism} must be 1 "
+                           "(one step) or more (pods).")
         if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
             raise TlpError(f"image pull policy {self.image_pull_policy!r}: choose Always, "
                            "IfNotPresent or Never.")
@@ -90,6 +96,31 @@ class ClusterOptions:
                 kubernetes.add_toleration(task, **parse_toleration(text))
 
 
+def _arguments(component, params: dict) -> dict:
+    """The params that are inputs of the component."""
+    return {name: value for name, value in params.items()
+            if name in component.component_spec.inputs}
+
+
+def add_preprocess(groups: int, params: dict) -> tuple[dsl.PipelineTask,
+                                                       list[dsl.PipelineTask]]:
+    """The preprocess tasks: one step, or for groups > 1 a fan-out: list the input files,
+    encode each group of them in its own pod (dsl.ParallelFor), merge the parts into the
+    dataset. Either way the same dataset; returns the task with the `dataset`, `manifest` and
+    `summary` outputs, and every task (to configure). params: the preprocess parameters."""
+    if groups == 1:
+        task = kfp_steps.preprocess(**params)
+        return task, [task]
+    listing = kfp_steps.preprocess_list(**_arguments(kfp_steps.preprocess_list, params))
+    with dsl.ParallelFor(list(range(groups)), parallelism=groups) as group:
+        part = kfp_steps.preprocess_group(
+            listing=listing.outputs["listing"], group=group, groups=groups,
+            **_arguments(kfp_steps.preprocess_group, params))
+    merge = kfp_steps.preprocess_merge(parts=dsl.Collected(part.outputs["part"]),
+                                       **_arguments(kfp_steps.preprocess_merge, params))
+    return merge, [listing, part, merge]
+
+
 def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = None):
     """Returns the pipeline; with cluster options for a cluster, without for kfp.local (with
     image, every step runs in that image: kfp.local's DockerRunner)."""
@@ -108,6 +139,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
         seed: int = configs.SEED,
         resize_mode: str = configs.RESIZE_MODE,
         num_workers: int = configs.NUM_WORKERS,
+        shard_size_mb: int = configs.SHARD_SIZE_MB,
         min_images_per_class: int = configs.MIN_IMAGES_PER_CLASS,
         max_rejected_fraction: float = configs.MAX_REJECTED_FRACTION,
         max_image_pixels: int = configs.MAX_IMAGE_PIXELS,
@@ -170,6 +202,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             seed: Seed for the split, shuffling and weight initialisation.
             resize_mode: stretch (ignore aspect ratio), pad (letterbox) or crop (centre).
             num_workers: Preprocess worker processes; 0: one per CPU.
+            shard_size_mb: TFRecord shard size to aim for, in MB (100-200 reads best).
             min_images_per_class: Fail if a class keeps fewer usable images than this.
             max_rejected_fraction: Fail if a larger fraction of the input files is rejected.
             max_image_pixels: Reject larger images (guards against decompression bombs).
@@ -234,14 +267,14 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
                         early_stopping_patience=early_stopping_patience,
                         reduce_lr_patience=reduce_lr_patience, target_accuracy=target_accuracy,
                         cache_budget_mb=cache_budget_mb, seed=seed)
-        prep = kfp_steps.preprocess(
+        prep, prep_tasks = add_preprocess(cluster.preprocess_parallelism if cluster else 1, dict(
             data_dir=data_dir, image_size=image_size, train_ratio=train_ratio,
             validation_ratio=validation_ratio, test_ratio=test_ratio, seed=seed,
-            resize_mode=resize_mode, num_workers=num_workers,
+            resize_mode=resize_mode, num_workers=num_workers, shard_size_mb=shard_size_mb,
             min_images_per_class=min_images_per_class,
             max_rejected_fraction=max_rejected_fraction, max_image_pixels=max_image_pixels,
             previous_manifest=previous_manifest, tfds_data_dir=tfds_data_dir,
-            tfds_splits=tfds_splits)
+            tfds_splits=tfds_splits))
         dataset = prep.outputs["dataset"]
         train = kfp_steps.train(
             dataset=dataset, backbone=backbone, weights=weights, pooling=pooling,
@@ -274,8 +307,9 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
                 train_history=train.outputs["history"],
                 fine_tune_history=tune.outputs["history"], backbone=backbone,
                 export_destination=export_destination)
-        for step, task in (("preprocess", prep), ("train", train), ("fine_tune", tune),
-                           ("evaluate", evaluation), ("export", export)):
+        for step, task in (*(("preprocess", task) for task in prep_tasks),
+                           ("train", train), ("fine_tune", tune), ("evaluate", evaluation),
+                           ("export", export)):
             if cluster:
                 cluster.configure(task, step)
             elif image:

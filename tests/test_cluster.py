@@ -9,6 +9,7 @@ from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components import configs
+from components.errors import TlpError
 from pipelines import cli
 from pipelines.pipeline import ClusterOptions, create_pipeline
 
@@ -179,3 +180,32 @@ def test_bad_cluster_flags_stop_with_one_message(tmp_path, capsys, argv, message
     assert cli.main(["compile", "-o", str(out), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_preprocess_fans_out_over_pods_then_merges(tmp_path):
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), "--preprocess-parallelism", "3",
+                     "--cpu-request", "preprocess=6"]) == 0
+    spec = json_format.ParseDict(next(yaml.safe_load_all(out.read_text())),
+                                 pipeline_spec_pb2.PipelineSpec())
+    tasks = spec.root.dag.tasks
+    assert "preprocess" not in tasks
+    [loop] = [t for name, t in tasks.items() if name.startswith("for-loop")]
+    assert loop.dependent_tasks == ["preprocess-list"]
+    assert json_format.MessageToDict(loop.parameter_iterator)["items"]["raw"] == "[0, 1, 2]"
+    assert loop.iterator_policy.parallelism_limit == 3
+    group = spec.components[loop.component_ref.name].dag.tasks["preprocess-group"]
+    assert group.inputs.parameters["groups"].runtime_value.constant.number_value == 3
+    merge = tasks["preprocess-merge"]
+    assert loop.task_info.name in merge.dependent_tasks
+    for step in ("train", "fine-tune", "evaluate"):
+        dataset = tasks[step].inputs.artifacts["dataset"].task_output_artifact
+        assert (dataset.producer_task, dataset.output_artifact_key) == (
+            "preprocess-merge", "dataset")
+    assert tasks["preprocess-list"].caching_options.enable_cache
+    assert group.caching_options.enable_cache and merge.caching_options.enable_cache
+    for step in ("list", "group", "merge"):
+        container = spec.deployment_spec["executors"][f"exec-preprocess-{step}"]["container"]
+        assert container["resources"]["resourceCpuRequest"] == "6"
+    with pytest.raises(TlpError, match="preprocess parallelism 0"):
+        ClusterOptions(preprocess_parallelism=0)

@@ -10,7 +10,7 @@ from kfp import compiler
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components import backbones  # noqa: F401  Registers the layer saved models use.
-from pipelines.pipeline import create_pipeline
+from pipelines.pipeline import add_preprocess, create_pipeline
 
 STEPS = ["preprocess", "train", "fine-tune", "evaluate", "export"]
 
@@ -119,3 +119,29 @@ def test_local_run_produces_every_artifact(local_run):
     assert card["initial_test_metrics"]["accuracy"] == initial["accuracy"]
     assert card["tflite"]["model.tflite"]["top1_agreement"] == 1
     assert (model / "model_quantized.tflite").is_file()
+
+
+def test_preprocess_fan_out_runs_locally_and_matches_one_step(tmp_path, image_folder):
+    """The fan-out's own tasks, wired as in the pipeline, run with kfp.local."""
+    from kfp import dsl, local
+
+    from components import configs, preprocess
+
+    params = dict(image_size=32, train_ratio=0.6, validation_ratio=0.2, test_ratio=0.2,
+                  seed=1, resize_mode="stretch", num_workers=1, shard_size_mb=1,
+                  min_images_per_class=1, max_rejected_fraction=0.1,
+                  max_image_pixels=configs.MAX_IMAGE_PIXELS, previous_manifest="")
+
+    @dsl.pipeline(name="fan-out")
+    def fan_out(data_dir: str):
+        add_preprocess(2, dict(data_dir=data_dir, **params))
+
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(tmp_path / "root"))
+    fan_out(data_dir=str(image_folder))
+    assert len(list((tmp_path / "root").glob("fan-out-*/for-loop-*/preprocess-group/part"))) == 2
+    [dataset] = (tmp_path / "root").glob("fan-out-*/preprocess-merge/dataset")
+    preprocess.run(str(image_folder), str(tmp_path / "one"), str(tmp_path / "m.parquet"),
+                   **params)
+    assert {p.name: p.read_bytes() for p in dataset.iterdir()} == {
+        p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}

@@ -173,13 +173,14 @@ def test_class_under_the_minimum_fails(tmp_path, image_folder):
 
 
 def test_workers_produce_identical_output_and_reruns_are_idempotent(tmp_path, image_folder):
-    _run(image_folder, tmp_path / "one")
+    _run(image_folder, tmp_path / "one", shard_size_mb=0.005)  # Several shards per split.
     out = tmp_path / "two" / "out"
     out.mkdir(parents=True)
     # What a killed run with another sharding leaves behind.
     (out / "train-00000-of-00002.tfrecord").write_bytes(b"old")
     (out / "train-00001-of-00002.tfrecord.partial").write_bytes(b"half")
-    _run(image_folder, tmp_path / "two", num_workers=2)
+    _run(image_folder, tmp_path / "two", num_workers=2, shard_size_mb=0.005)
+    assert len(list(out.glob("train-*"))) > 1
     names = sorted(p.name for p in (tmp_path / "one" / "out").iterdir())
     assert names == sorted(p.name for p in out.iterdir())
     for name in names:
@@ -253,3 +254,32 @@ def test_killed_run_then_rerun_gives_the_same_output(tmp_path):
     for name in names:
         assert (killed / "out" / name).read_bytes() == (tmp_path / "clean" / "out" / name
                                                         ).read_bytes()
+
+
+def _outputs(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_groups_merged_give_the_dataset_of_one_step(tmp_path, image_folder):
+    """The fan-out, in 3 groups: with a duplicate, a label conflict across groups, a rejected
+    file and several shards per split, the same bytes as one step."""
+    shutil.copy(image_folder / "red" / "red-000.png", image_folder / "red" / "zz-copy.png")
+    shutil.copy(image_folder / "green" / "green-001.png", image_folder / "red" / "oops.png")
+    (image_folder / "blue" / "notes.txt").write_text("not an image")
+    shard_size_mb = 0.005  # A fraction of a MB: several shards from tiny images.
+    _run(image_folder, tmp_path / "one", shard_size_mb=shard_size_mb)
+    preprocess.list_files(str(image_folder), tmp_path / "listing")
+    options = preprocess.images.EncodeOptions(32)
+    parts = [tmp_path / f"part-{group}" for group in range(3)]
+    for group, part in reversed(list(enumerate(parts))):  # Any order of arrival.
+        preprocess.encode_group(tmp_path / "listing", group, 3, part, options, num_workers=1)
+    metadata = preprocess.merge(parts, str(tmp_path / "out"), str(tmp_path / "m.parquet"),
+                                0.6, 0.2, 0.2, 1, shard_size_mb=shard_size_mb, num_workers=2,
+                                min_images_per_class=1)
+    assert len(metadata["shards"]["train"]) > 1
+    assert metadata["summary"]["duplicates"] == 1 and metadata["summary"]["rejected"] == 3
+    assert _outputs(tmp_path / "out") == _outputs(tmp_path / "one" / "out")
+    assert pq.read_table(tmp_path / "m.parquet") == pq.read_table(tmp_path / "one" / "m.parquet")
+    with pytest.raises(RuntimeError, match="do not make up one listing's 3 groups"):
+        preprocess.merge(parts[:2], str(tmp_path / "out"), str(tmp_path / "m.parquet"),
+                         0.6, 0.2, 0.2, 1)

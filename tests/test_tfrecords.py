@@ -1,7 +1,34 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from components import tfrecords
+from components import tfrecord_writer, tfrecords
+
+
+def test_writer_without_tensorflow_writes_what_tensorflow_reads(tmp_path):
+    jpeg = bytes(range(256)) * 600  # Over 2**14 bytes: lengths take several varint bytes.
+    ours = tfrecord_writer.serialize_example(jpeg, 300, "Ankle_boot", "a.jpg", "ab" * 32, 4096)
+
+    def feature(value):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    assert tf.train.Example.FromString(ours) == tf.train.Example(
+        features=tf.train.Features(feature={key: feature(value) for key, value in {
+            "image/encoded": jpeg, "image/format": b"jpeg", "image/class/label": 300,
+            "image/class/text": b"Ankle_boot", "image/filename": b"a.jpg",
+            "image/key/sha256": b"ab" * 32, "image/height": 4096,
+            "image/width": 4096}.items()}))
+    path = tmp_path / "x.tfrecord"
+    tfrecord_writer.write_file(path, [tfrecord_writer.frame(ours), tfrecord_writer.frame(b"")])
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == [ours, b""]
+    assert not (tmp_path / "x.tfrecord.partial").exists()
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1  # TensorFlow checks the data's CRC.
+    path.write_bytes(bytes(data))
+    with pytest.raises(tf.errors.DataLossError, match="corrupted record"):
+        list(tf.data.TFRecordDataset(str(path)))
 
 
 def test_round_trip_keeps_images_labels_and_features(tmp_path, image_folder):
