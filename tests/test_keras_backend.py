@@ -14,7 +14,7 @@ from components import backbones, evaluation, export, keras_backend, model as mo
 from components.errors import TlpError
 
 STEPS_SCRIPT = """
-import inspect, json, sys
+import inspect, json, os, sys
 from kfp.dsl import Artifact, Dataset, Model
 from components import kfp_steps
 from pipelines.pipeline import create_pipeline
@@ -37,7 +37,9 @@ def outputs(name):
                 tensorboard=Artifact(uri=f"{out}/{name}/tb"))
 
 
-trained = run(kfp_steps.train, dataset=Dataset(uri=dataset), **outputs("train"))
+os.makedirs(f"{out}/train", exist_ok=True)  # As KFP makes an output's folder.
+trained = run(kfp_steps.train, dataset=Dataset(uri=dataset), **outputs("train"),
+              initial_model=Model(uri=f"{out}/train/initial_model"))
 tuned = run(kfp_steps.fine_tune, dataset=Dataset(uri=dataset), trained_model=trained["model"],
             train_history=trained["history"], **outputs("tune"))
 import keras
