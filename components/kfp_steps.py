@@ -47,7 +47,7 @@ def preprocess_list(data_dir: str, listing: Output[Dataset]):
 
     from components import preprocess as lib
 
-    lib.list_files(data_dir, Path(listing.path))
+    lib.save_listing(data_dir, Path(listing.path))
 
 
 @cpu_component

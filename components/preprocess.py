@@ -353,7 +353,7 @@ def _clear_previous_output(out: Path) -> None:
         stale.unlink()
 
 
-def list_files(data_dir: str, listing_dir: Path) -> None:
+def save_listing(data_dir: str, listing_dir: Path) -> None:
     """The fan-out's first step: lists the inputs once, as a part without records, for the
     groups to share."""
     class_names, files = list_inputs(data_dir)

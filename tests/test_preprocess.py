@@ -268,7 +268,7 @@ def test_groups_merged_give_the_dataset_of_one_step(tmp_path, image_folder):
     (image_folder / "blue" / "notes.txt").write_text("not an image")
     shard_size_mb = 0.005  # A fraction of a MB: several shards from tiny images.
     _run(image_folder, tmp_path / "one", shard_size_mb=shard_size_mb)
-    preprocess.list_files(str(image_folder), tmp_path / "listing")
+    preprocess.save_listing(str(image_folder), tmp_path / "listing")
     options = preprocess.images.EncodeOptions(32)
     parts = [tmp_path / f"part-{group}" for group in range(3)]
     for group, part in reversed(list(enumerate(parts))):  # Any order of arrival.
