@@ -89,16 +89,10 @@ def list_source(source: str, tfds_data_dir: str = configs.TFDS_DATA_DIR,
 
 def read(ref: str | bytes) -> bytes:
     """An image's bytes, in a worker process: a local file or bucket object, read through
-    storage; bytes pass through. Raises FileNotFoundError for a file that does not exist
-    (a rejection), TlpError when the store cannot be used at all (a failed run)."""
-    if isinstance(ref, bytes):
-        return ref
-    try:
-        return storage.read_bytes(ref)
-    except TlpError as error:
-        if storage.exists(ref):  # Raises itself for a missing bucket or denied access.
-            raise
-        raise FileNotFoundError(f"{ref} does not exist") from error
+    storage; bytes pass through. Raises FileNotFoundError (storage's MissingError) for a file
+    that does not exist (a rejection), TlpError when the store cannot be used at all (a
+    missing bucket, denied access: a failed run)."""
+    return ref if isinstance(ref, bytes) else storage.read_bytes(ref)
 
 
 def _class_folders(source: str) -> dict[str, list[str]]:

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-from components.errors import TlpError
+from components.errors import MissingError, TlpError
 
 SCHEMES = ("gs://", "s3://")
 # A multiple of 256 KiB, as GCS requires; each chunk is one retried request.
@@ -273,7 +273,7 @@ def _missing(uri: str) -> TlpError:
     if is_remote(uri) and not _store(uri).bucket_exists(uri):
         return TlpError(f"{uri}: bucket {_bucket_uri(uri)} does not exist (or these "
                         "credentials cannot see it).")
-    return TlpError(f"{uri} does not exist.")
+    return MissingError(f"{uri} does not exist.")
 
 
 def _denied(uri: str, error: Exception) -> TlpError:

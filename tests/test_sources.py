@@ -231,7 +231,7 @@ def test_listing_in_a_bucket_pointing_into_buckets(bucket, tmp_path):
     assert _reconciles(metadata, manifest)
     assert all(r["source_path"].startswith(f"{bucket}/listed/") for r in manifest)
     gone = next(r for r in manifest if r["source_path"].endswith("gone.png"))
-    assert gone["detail"] == f"{bucket}/listed/red/gone.png does not exist"
+    assert gone["detail"] == f"{bucket}/listed/red/gone.png does not exist."
 
 
 def test_local_listing_pointing_into_a_bucket(gcs_bucket, tmp_path):

@@ -70,17 +70,19 @@ def test_local_copy_of_a_bucket_file_is_temporary(root):
     assert Path(local).exists() == (not storage.is_remote(root))
 
 
-def test_missing_object_names_the_uri(root):
+def test_missing_object_names_the_uri_and_is_a_file_not_found(root):
     missing = storage.join(root, "no/such/file.txt")
-    with pytest.raises(TlpError, match=f"{missing} does not exist"):
+    with pytest.raises(TlpError, match=f"{missing} does not exist") as raised:
         storage.read_bytes(missing)
+    assert isinstance(raised.value, FileNotFoundError)  # sources.read's rejections rely on it
 
 
 @pytest.mark.parametrize("bucket_fixture", ["gcs_bucket", "s3_bucket"])
 def test_missing_bucket_is_named(request, bucket_fixture):
     bucket = request.getfixturevalue(bucket_fixture) + "-missing"
-    with pytest.raises(TlpError, match=f"bucket {bucket} does not exist"):
+    with pytest.raises(TlpError, match=f"bucket {bucket} does not exist") as raised:
         storage.read_bytes(bucket + "/file.txt")
+    assert not isinstance(raised.value, FileNotFoundError)  # fails the run, rejects nothing
     with pytest.raises(TlpError, match=f"bucket {bucket} does not exist"):
         storage.list_files(bucket + "/folder")
 
