@@ -8,6 +8,8 @@ Credentials and endpoints come from the environment, never from pipeline paramet
   emulator.
 - s3://: the AWS SDK's chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web
   identity, instance role); AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for stores other than AWS.
+- minio:// (KFP's name for the store Kubeflow installs, in artifact URIs only): the same bucket
+  and key as s3:// at that endpoint (`from_artifact_uri`).
 
 Transient errors (throttling, 5xx, dropped connections) are retried with exponential back-off
 by the libraries themselves: google-api-core's retry for GCS, the AWS SDK's standard retry
@@ -92,6 +94,9 @@ class _Local:
 
     download = upload
 
+    def delete_tree(self, uri: str) -> None:
+        shutil.rmtree(uri, ignore_errors=True)
+
 
 class _Gcs:
     """google-cloud-storage. Uploads pass DEFAULT_RETRY explicitly: by default the library
@@ -149,6 +154,13 @@ class _Gcs:
 
     def download(self, uri: str, local: str) -> None:
         self.blob(uri).download_to_filename(local, retry=self.retry)
+
+    def delete_tree(self, uri: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        for file in self.list(uri):
+            with contextlib.suppress(NotFound):  # Gone already: a retried delete.
+                self.blob(file).delete(retry=self.retry)
 
 
 class _S3:
@@ -209,6 +221,11 @@ class _S3:
         self.fs_module.copy_files(uri[len("s3://"):], str(Path(local).absolute()),
                                  source_filesystem=self.fs,
                                  destination_filesystem=self.fs_module.LocalFileSystem())
+
+    def delete_tree(self, uri: str) -> None:
+        path = uri[len("s3://"):].rstrip("/")
+        if self.fs.get_file_info(path).type == self.fs_module.FileType.Directory:
+            self.fs.delete_dir(path)
 
 
 @functools.cache
@@ -316,6 +333,28 @@ def exists(uri: str | Path) -> bool:
     uri = str(uri)
     with _errors(uri):
         return _store(uri).exists(uri)
+
+
+def delete_tree(uri: str | Path) -> None:
+    """Removes every file under a folder or prefix; nothing to remove is no error."""
+    uri = str(uri)
+    with _errors(uri):
+        _store(uri).delete_tree(uri)
+
+
+def from_artifact_uri(uri: str) -> str:
+    """A KFP artifact URI as this module addresses it: minio://BUCKET/KEY (the launcher's
+    scheme for Kubeflow's own store) is s3://BUCKET/KEY at the endpoint the environment names,
+    which must then be set; other URIs are returned unchanged."""
+    if not uri.startswith("minio://"):
+        return uri
+    if not (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
+        raise TlpError(f"{uri}: a minio:// pipeline root needs the store's S3 endpoint in "
+                       "AWS_ENDPOINT_URL_S3 (e.g. http://minio-service.kubeflow:9000) and its "
+                       "keys in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: compile with "
+                       "--s3-endpoint and --s3-secret (README: Run on your Kubeflow "
+                       "cluster).")
+    return "s3://" + uri[len("minio://"):]
 
 
 def upload_file(local: str | Path, uri: str | Path) -> None:

@@ -1,14 +1,18 @@
 """Train (frozen backbone, new head) and fine-tune (top backbone layers unfrozen)."""
+import contextlib
 import csv
 import json
+import re
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
-from components import accelerators, configs, model as model_lib, tfrecords
+from components import accelerators, configs, model as model_lib, storage, tfrecords
 from components.errors import TlpError
 
 
@@ -114,28 +118,39 @@ class LogEpochSeconds(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self.start
 
 
+class EpochFlushedTensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard whose logs are on disk at each epoch's end (Keras leaves them to the
+    writers' 2-minute flush), so the copy MirrorState makes is up to date."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        for writer in self._writers.values():  # Keras 3 keeps its writers there.
+            writer.flush()
+
+
 def make_callbacks(state_dir: str, options: FitOptions, best_val_loss: float | None,
                    adjustable_learning_rate: bool,
                    tensorboard_dir: str | None) -> list[keras.callbacks.Callback]:
-    """BackupAndRestore and the CSV history live in state_dir, so a killed process started
-    again resumes after its last completed epoch; the best checkpoint lives there too."""
+    """BackupAndRestore and the CSV history live in state_dir (a local folder), so a killed
+    process started again resumes after its last completed epoch; the best checkpoint lives
+    there too."""
     plateau = ([keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2,
                                                   patience=options.reduce_lr_patience,
                                                   min_lr=1e-7)]
                if adjustable_learning_rate else [])
-    tensorboard = [keras.callbacks.TensorBoard(tensorboard_dir)] if tensorboard_dir else []
+    tensorboard = [EpochFlushedTensorBoard(tensorboard_dir)] if tensorboard_dir else []
     # Order matters at each epoch's end: the history row and the best checkpoint are written
     # before the backup, so a kill in between repeats that epoch rather than losing it.
     return [
         LogLearningRate(),
         LogEpochSeconds(),
-        keras.callbacks.CSVLogger(_join(state_dir, HISTORY_CSV), append=True),
+        keras.callbacks.CSVLogger(str(Path(state_dir, HISTORY_CSV)), append=True),
         # One file per improvement, so a kill while writing one spoils only that one.
-        keras.callbacks.ModelCheckpoint(_join(state_dir, BEST_WEIGHTS), monitor="val_loss",
+        keras.callbacks.ModelCheckpoint(str(Path(state_dir, BEST_WEIGHTS)), monitor="val_loss",
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_val_loss),
         # double_checkpoint: a backup spoilt by a kill mid-write falls back to the one before.
-        keras.callbacks.BackupAndRestore(_join(state_dir, "backup"), double_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(Path(state_dir, BACKUP)), double_checkpoint=True),
         keras.callbacks.EarlyStopping(monitor="val_loss",
                                       patience=options.early_stopping_patience),
         TargetAccuracyStop(options.target_accuracy),
@@ -144,23 +159,102 @@ def make_callbacks(state_dir: str, options: FitOptions, best_val_loss: float | N
 
 HISTORY_CSV = "history.csv"
 BEST_WEIGHTS = "best-{epoch:04d}.weights.h5"
-
-
-def _join(directory: str, name: str) -> str:
-    return directory.rstrip("/") + "/" + name
+BACKUP = "backup"
+# In a bucket: one snapshot of the backup and history per completed epoch, complete once its
+# marker exists (written last); tensorboard/ mirrors the TensorBoard logs.
+SNAPSHOT = "epoch-{epoch:04d}"
+SNAPSHOT_COMPLETE = "complete"
+REMOTE_TENSORBOARD = "tensorboard"
 
 
 def state_location(artifact_uri: str, artifact_path: str) -> str:
-    """Where a step keeps its resumable state: beside its output artifact in the bucket when
-    TensorFlow can write there (gs://), so a retried pod finds it; else beside the local
-    path (local runs, and s3:// or minio:// roots, which TensorFlow 2.21 cannot write)."""
-    base = artifact_uri if artifact_uri.startswith("gs://") else artifact_path
-    return base + ".state"
+    """Where a step keeps its resumable state: beside its output artifact, in the bucket for a
+    cluster's pipeline root (gs://, s3://, or minio:// as s3://), so a retried pod on another
+    node finds it; beside the local path in local runs."""
+    uri = storage.from_artifact_uri(artifact_uri)
+    return (uri if storage.is_remote(uri) else artifact_path) + ".state"
+
+
+class _ChangedFiles:
+    """Tells which files under a folder are new or changed since last asked (size, mtime)."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+        self.seen: dict[Path, tuple[int, int]] = {}
+
+    def __call__(self, pattern: str) -> list[Path]:
+        changed = []
+        for path in sorted(self.root.glob(pattern)):
+            stat = path.stat()
+            if path.is_file() and self.seen.get(path) != (stat.st_size, stat.st_mtime_ns):
+                self.seen[path] = (stat.st_size, stat.st_mtime_ns)
+                changed.append(path)
+        return changed
+
+
+class MirrorState(keras.callbacks.Callback):
+    """Copies the local training state to a bucket after each epoch (last in the callback
+    list: after the backup and the TensorBoard writer), through components/storage.py: new
+    best checkpoints and TensorBoard logs, then the epoch's snapshot (backup and history),
+    whose marker goes up last, then the older snapshots are removed. Uploaded objects appear
+    whole or not at all, so a kill at any point leaves the last complete snapshot readable."""
+
+    def __init__(self, state_dir: str, remote: str, tensorboard_dir: str | None,
+                 snapshots: list[str]):
+        super().__init__()
+        self.state_dir, self.remote, self.tensorboard_dir = state_dir, remote, tensorboard_dir
+        self.snapshots = snapshots  # Remote snapshot names to remove once a newer is complete.
+        self.changed_state = _ChangedFiles(state_dir)
+        self.changed_state("best-*")  # What restore_state brought is there already.
+        self.changed_logs = _ChangedFiles(tensorboard_dir) if tensorboard_dir else None
+        if self.changed_logs:
+            self.changed_logs("**/*")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for path in self.changed_state("best-*"):
+            storage.upload_file(path, storage.join(self.remote, path.name))
+        if self.changed_logs:
+            for path in self.changed_logs("**/*"):
+                storage.upload_file(path, storage.join(
+                    self.remote, REMOTE_TENSORBOARD,
+                    path.relative_to(self.tensorboard_dir).as_posix()))
+        snapshot = SNAPSHOT.format(epoch=epoch + 1)
+        root = Path(self.state_dir)
+        # The backup's own previous copy (*.bkp) is not needed: the previous snapshot is it.
+        backup = [path for path in sorted((root / BACKUP).iterdir()) if path.suffix != ".bkp"]
+        for path in [root / HISTORY_CSV, *backup]:
+            storage.upload_file(path, storage.join(self.remote, snapshot,
+                                                   path.relative_to(root).as_posix()))
+        storage.write_bytes(storage.join(self.remote, snapshot, SNAPSHOT_COMPLETE), b"")
+        for old in self.snapshots:
+            storage.delete_tree(storage.join(self.remote, old))
+        self.snapshots = [snapshot]
+
+
+def restore_state(remote: str, state_dir: str, tensorboard_dir: str | None) -> list[str]:
+    """Brings the state a killed run left in a bucket into the local state_dir: its best
+    checkpoints, its newest complete snapshot, its TensorBoard logs into tensorboard_dir.
+    Returns the names of every snapshot there, complete or not."""
+    files = storage.list_files(remote)
+    names = [uri[len(remote.rstrip("/")) + 1:] for uri in files]
+    snapshots = sorted({name.split("/")[0] for name in names
+                        if re.fullmatch(r"epoch-\d+/.+", name)})
+    complete = [s for s in snapshots if f"{s}/{SNAPSHOT_COMPLETE}" in names]
+    newest = max(complete, key=lambda s: int(s.split("-")[1]), default=None)
+    for uri, name in zip(files, names):
+        if name.startswith("best-"):
+            storage.download_file(uri, Path(state_dir, name))
+        elif newest and name.startswith(newest + "/") and name != f"{newest}/{SNAPSHOT_COMPLETE}":
+            storage.download_file(uri, Path(state_dir, name[len(newest) + 1:]))
+        elif tensorboard_dir and name.startswith(REMOTE_TENSORBOARD + "/"):
+            storage.download_file(uri, Path(tensorboard_dir,
+                                            name[len(REMOTE_TENSORBOARD) + 1:]))
+    return snapshots
 
 
 def load_best_weights(model: keras.Model, state_dir: str) -> None:
     """Loads the newest readable best-epoch checkpoint, if any."""
-    for path in sorted(tf.io.gfile.glob(_join(state_dir, "best-*.weights.h5")), reverse=True):
+    for path in sorted(Path(state_dir).glob("best-*.weights.h5"), reverse=True):
         try:
             model.load_weights(path)
             return
@@ -168,12 +262,12 @@ def load_best_weights(model: keras.Model, state_dir: str) -> None:
             print(f"skipping unreadable checkpoint {path}: {error}", flush=True)
 
 
-def read_csv_history(path: str) -> dict:
+def read_csv_history(path: str | Path) -> dict:
     """The CSVLogger file as {metric: [values]}, 'epoch' 1-based; a repeated epoch (logged,
     then killed before its backup) keeps its last row."""
-    if not tf.io.gfile.exists(path):
+    if not Path(path).exists():
         return {}
-    with tf.io.gfile.GFile(path) as f:
+    with open(path) as f:
         rows = {int(row["epoch"]): row for row in csv.DictReader(f)}
     history: dict[str, list] = {"epoch": [epoch + 1 for epoch in sorted(rows)]}
     for epoch in sorted(rows):
@@ -183,6 +277,18 @@ def read_csv_history(path: str) -> dict:
     return history
 
 
+@contextlib.contextmanager
+def _local_state(state_dir: str) -> Iterator[str]:
+    """The local folder training writes its state to: state_dir itself, or for a bucket
+    location a temporary folder that MirrorState copies there."""
+    if not storage.is_remote(state_dir):
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        yield state_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="tlp-state-") as local:
+        yield local
+
+
 def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate: float,
         state_dir: str, initial_epoch: int = 0, best_val_loss: float | None = None,
         tensorboard_dir: str | None = None) -> dict:
@@ -190,8 +296,9 @@ def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate
     split, validating on the validation split, and ends with the weights of the epoch with
     the lowest val_loss. When best_val_loss is given (fine-tuning), the incoming weights
     count as a candidate with that loss, so the result is never worse on validation than the
-    model that came in. A run killed part-way and started again with the same state_dir
-    resumes after its last completed epoch. Returns the history (absolute epochs)."""
+    model that came in. A run killed part-way and started again with the same state_dir (a
+    local folder, or a gs:// or s3:// prefix) resumes after its last completed epoch.
+    Returns the history (absolute epochs)."""
     metadata = tfrecords.read_metadata(dataset_dir)
     num_classes = metadata["num_classes"]
     binary = model_lib.is_binary(num_classes)
@@ -208,25 +315,33 @@ def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate
     weights = class_weights(list(metadata["counts"]["train"].values()), options.class_weighting)
     if weights:
         print(f"class weights: {weights}", flush=True)
-    tf.io.gfile.makedirs(state_dir)
-    done = read_csv_history(_join(state_dir, HISTORY_CSV))
-    if done:
-        print(f"resuming from {state_dir}: {len(done['epoch'])} epoch(s) already done",
-              flush=True)
-    elif best_val_loss is not None:
-        model.optimizer.build(model.trainable_variables)  # So it reloads cleanly.
-        model.save_weights(_join(state_dir, BEST_WEIGHTS.format(epoch=initial_epoch)))
-    candidates = done.get("val_loss", []) + ([] if best_val_loss is None else [best_val_loss])
-    best = min(candidates, default=None)
-    model.fit(train, validation_data=validation, epochs=initial_epoch + options.epochs,
-              initial_epoch=initial_epoch, verbose=2,
-              shuffle=False,  # The dataset shuffles itself.
-              class_weight=weights,
-              callbacks=make_callbacks(state_dir, options, best, isinstance(rate, float),
-                                       tensorboard_dir))
-    load_best_weights(model, state_dir)
-    history = read_csv_history(_join(state_dir, HISTORY_CSV))
-    tf.io.gfile.rmtree(state_dir)  # Finished: nothing left to resume.
+    remote = state_dir if storage.is_remote(state_dir) else None
+    with _local_state(state_dir) as local:
+        snapshots = restore_state(remote, local, tensorboard_dir) if remote else []
+        done = read_csv_history(Path(local, HISTORY_CSV))
+        if done:
+            print(f"resuming from {state_dir}: {len(done['epoch'])} epoch(s) already done",
+                  flush=True)
+        elif best_val_loss is not None:
+            model.optimizer.build(model.trainable_variables)  # So it reloads cleanly.
+            model.save_weights(str(Path(local, BEST_WEIGHTS.format(epoch=initial_epoch))))
+        candidates = done.get("val_loss", []) + ([] if best_val_loss is None
+                                                 else [best_val_loss])
+        callbacks = make_callbacks(local, options, min(candidates, default=None),
+                                   isinstance(rate, float), tensorboard_dir)
+        if remote:
+            callbacks.append(MirrorState(local, remote, tensorboard_dir, snapshots))
+        model.fit(train, validation_data=validation, epochs=initial_epoch + options.epochs,
+                  initial_epoch=initial_epoch, verbose=2,
+                  shuffle=False,  # The dataset shuffles itself.
+                  class_weight=weights, callbacks=callbacks)
+        load_best_weights(model, local)
+        history = read_csv_history(Path(local, HISTORY_CSV))
+    # Finished: nothing left to resume.
+    if remote:
+        storage.delete_tree(remote)
+    else:
+        shutil.rmtree(state_dir)
     return history
 
 

@@ -144,7 +144,8 @@ def cluster_options(args: argparse.Namespace):
         cache_preprocess=args.cache_preprocess, image_pull_policy=args.image_pull_policy,
         image_pull_secrets=tuple(args.image_pull_secret or ()),
         image_registry=args.image_registry,
-        preprocess_parallelism=args.preprocess_parallelism)
+        preprocess_parallelism=args.preprocess_parallelism, s3_endpoint=args.s3_endpoint,
+        s3_secret=args.s3_secret)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -237,6 +238,13 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
                        choices=("Always", "IfNotPresent", "Never"), help="[%(default)s]")
     group.add_argument("--image-pull-secret", action="append", metavar="NAME",
                        help="Secret with the registry's credentials; repeatable [none]")
+    group.add_argument("--s3-endpoint", default="", metavar="URL",
+                       help="URL of the S3-compatible store the steps read and write "
+                            "(AWS_ENDPOINT_URL_S3), e.g. http://minio-service.kubeflow:9000; "
+                            "needed for minio:// pipeline roots [AWS]")
+    group.add_argument("--s3-secret", default="", metavar="NAME",
+                       help="Secret whose AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY every "
+                            "step gets, for s3:// and minio:// URIs [none]")
 
 
 def _resource_defaults(index: int) -> str:

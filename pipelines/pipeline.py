@@ -36,7 +36,10 @@ class ClusterOptions:
     requests. retries: attempts after a failure of train or fine_tune. Only preprocess is ever
     cached (cache_preprocess); the other steps always run. Images come from image_registry.
     preprocess_parallelism: 1 runs preprocess as one step; N > 1 fans it out over N pods
-    (see add_preprocess), each with preprocess's resources.
+    (see add_preprocess), each with preprocess's resources. s3_endpoint and s3_secret give
+    every step what components/storage.py needs for s3:// and minio:// URIs (training state
+    under the pipeline root included): the store's URL as AWS_ENDPOINT_URL_S3, and the keys
+    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY of that Secret as variables of the same names.
     """
     gpu_count: int = configs.GPU_COUNT
     gpu_resource: str = configs.GPU_RESOURCE
@@ -51,6 +54,8 @@ class ClusterOptions:
     image_pull_secrets: tuple[str, ...] = ()
     image_registry: str = configs.IMAGE_REGISTRY
     preprocess_parallelism: int = configs.PREPROCESS_PARALLELISM
+    s3_endpoint: str = ""
+    s3_secret: str = ""
 
     def __post_init__(self):
         for text in self.gpu_tolerations:
@@ -60,6 +65,9 @@ class ClusterOptions:
         if self.preprocess_parallelism < 1:
             raise TlpError(f"preprocess parallelism {self.preprocess_parallelism} must be 1 "
                            "(one step) or more (pods).")
+        if self.s3_endpoint and not re.fullmatch(r"https?://[^/\s]+/?", self.s3_endpoint):
+            raise TlpError(f"S3 endpoint {self.s3_endpoint!r}: write the store's URL, e.g. "
+                           "http://minio-service.kubeflow:9000.")
         if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
             raise TlpError(f"image pull policy {self.image_pull_policy!r}: choose Always, "
                            "IfNotPresent or Never.")
@@ -79,6 +87,11 @@ class ClusterOptions:
         kubernetes.set_image_pull_policy(task, self.image_pull_policy)
         if self.image_pull_secrets:
             kubernetes.set_image_pull_secrets(task, list(self.image_pull_secrets))
+        if self.s3_endpoint:
+            task.set_env_variable("AWS_ENDPOINT_URL_S3", self.s3_endpoint)
+        if self.s3_secret:
+            kubernetes.use_secret_as_env(task, self.s3_secret, {
+                key: key for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
         cpu, memory = self.resources.get(step, configs.STEP_RESOURCES[step])
         task.set_cpu_request(cpu).set_memory_request(memory)
         # A cache hit is keyed on the parameters only: right for the preprocessed data of one

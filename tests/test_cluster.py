@@ -1,6 +1,6 @@
 """The cluster settings of the compiled pipeline, parsed strictly into the KFP protos:
 PipelineSpec (images, resources, caching, retries) and the kfp-kubernetes PlatformSpec
-(node selector, tolerations, image pull policy and secrets)."""
+(node selector, tolerations, image pull policy and secrets, the object store's Secret)."""
 import pytest
 import yaml
 from google.protobuf import json_format
@@ -54,13 +54,16 @@ def test_every_cluster_setting_reaches_the_compiled_specs(tmp_path):
         resources={**configs.STEP_RESOURCES, "train": ("8", "32Gi"),
                    "preprocess": ("500m", "2Gi")},
         retries=3, image_pull_policy="Always", image_pull_secrets=("regcred", "mirror"),
-        image_registry="registry.example.com:5000/ml/")
+        image_registry="registry.example.com:5000/ml/",
+        s3_endpoint="http://minio-service.kubeflow:9000", s3_secret="tlp-object-store")
     spec, tasks, kubernetes = compile_and_parse(tmp_path, options)
     for step, executor in EXECUTORS.items():
         container = spec.deployment_spec["executors"][executor]["container"]
         resources = container["resources"]
         image = "tlp-gpu" if step in GPU else "tlp-cpu"
         assert container["image"] == f"registry.example.com:5000/ml/{image}:{configs.VERSION}"
+        assert [dict(env) for env in container["env"]] \
+            == [{"name": "AWS_ENDPOINT_URL_S3", "value": "http://minio-service.kubeflow:9000"}]
         assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) \
             == options.resources[step]
         if step in GPU:
@@ -80,7 +83,11 @@ def test_every_cluster_setting_reaches_the_compiled_specs(tmp_path):
     # Golden: the whole Kubernetes part of the compiled pipeline, executor by executor.
     pull = {"imagePullPolicy": "Always", "imagePullSecret": [
         {"secretName": name, "secretNameParameter": {"runtimeValue": {"constant": name}}}
-        for name in ("regcred", "mirror")]}
+        for name in ("regcred", "mirror")],
+        "secretAsEnv": [{"secretName": "tlp-object-store", "optional": False,
+                         "secretNameParameter": {"runtimeValue": {"constant": "tlp-object-store"}},
+                         "keyToEnv": [{"secretKey": key, "envVar": key} for key in
+                                      ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]}]}
     gpu = {**pull, "nodeSelector": {"labels": {"cloud.google.com/gke-nodepool": "gpu-pool"}},
            "tolerations": [
                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
@@ -103,6 +110,7 @@ def test_defaults_come_from_configs(tmp_path):
     train_k8s = kubernetes["exec-train"]
     assert train_k8s.image_pull_policy == configs.IMAGE_PULL_POLICY
     assert not train_k8s.image_pull_secret and not train_k8s.node_selector.labels
+    assert not train_k8s.secret_as_env and "env" not in train
     assert [(t.key, t.operator, t.effect) for t in train_k8s.tolerations] \
         == [("nvidia.com/gpu", "Exists", "NoSchedule")]
     assert not kubernetes["exec-preprocess"].tolerations
@@ -137,7 +145,8 @@ def test_compile_flags_set_the_cluster_settings(tmp_path, capsys):
         "--cpu-request", "train=16", "--memory-request", "fine_tune=64Gi",
         "--memory-request", "evaluate=12Gi", "--retries", "0", "--no-cache-preprocess",
         "--image-registry", "eu.gcr.io/acme", "--image-pull-policy", "Always",
-        "--image-pull-secret", "gcr", "--epochs", "3"]) == 0
+        "--image-pull-secret", "gcr", "--s3-endpoint", "https://s3.example.com",
+        "--s3-secret", "store", "--epochs", "3"]) == 0
     spec, tasks, kubernetes = parse(out)
     executors = spec.deployment_spec["executors"]
     train, tune = (executors[EXECUTORS[s]]["container"] for s in GPU)
@@ -156,6 +165,9 @@ def test_compile_flags_set_the_cluster_settings(tmp_path, capsys):
         == [("pool", "Equal", "a100", "NoSchedule")]
     assert config.image_pull_policy == "Always"
     assert [s.secret_name for s in kubernetes["exec-export"].image_pull_secret] == ["gcr"]
+    assert [s.secret_name for s in kubernetes["exec-preprocess"].secret_as_env] == ["store"]
+    assert [dict(env) for env in executors["exec-export"]["container"]["env"]] \
+        == [{"name": "AWS_ENDPOINT_URL_S3", "value": "https://s3.example.com"}]
     assert spec.root.input_definitions.parameters["epochs"].default_value.number_value == 3
 
 
@@ -174,6 +186,8 @@ def test_no_toleration_when_asked(tmp_path):
     (["--memory-request", "train=16GB"], "train: CPU '4' / memory '16GB' are not Kubernetes "
                                          "quantities"),
     (["--retries", "-1"], "gpu count and retries must be 0 or more"),
+    (["--s3-endpoint", "minio-service.kubeflow:9000"],
+     "S3 endpoint 'minio-service.kubeflow:9000': write the store's URL"),
 ])
 def test_bad_cluster_flags_stop_with_one_message(tmp_path, capsys, argv, message):
     out = tmp_path / "p.yaml"

@@ -56,6 +56,15 @@ def test_upload_and_download_folders(root, tmp_path):
     assert (tmp_path / "new" / "x.txt").read_bytes() == b"x"
 
 
+def test_delete_tree_removes_a_folder_and_nothing_beside_it(root):
+    for name in ("m.state/a", "m.state/epoch-0001/b", "m.state2/c"):
+        storage.write_bytes(storage.join(root, name), b"x")
+    storage.delete_tree(storage.join(root, "m.state"))
+    assert not storage.exists(storage.join(root, "m.state"))
+    assert storage.list_files(root) == [storage.join(root, "m.state2/c")]
+    storage.delete_tree(storage.join(root, "m.state"))  # Nothing there: no error.
+
+
 def test_write_new_never_replaces(root):
     claim = storage.join(root, "claims/1")
     assert storage.write_new(claim, b"first")
