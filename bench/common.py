@@ -4,6 +4,7 @@ import argparse
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -66,13 +67,17 @@ def make_photos(root: Path, count: int) -> Path:
     return root
 
 
-def photos_from_arguments(description: str, count: int,
-                          repeats_help: str) -> tuple[argparse.Namespace, Path]:
-    """The benchmarks' common flags, parsed, and their photos (made if need be)."""
+def photos_from_arguments(description: str, count: int, repeats_help: str,
+                          add_flags: Callable[[argparse.ArgumentParser], object] | None = None
+                          ) -> tuple[argparse.Namespace, Path]:
+    """The benchmarks' common flags (and add_flags' own), parsed, and their photos (made if
+    need be)."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=count, help="source photos (max 60000)")
     parser.add_argument("--repeats", type=int, default=3, help=repeats_help)
     parser.add_argument("--images-dir", type=Path, default=PHOTOS_DIR)
+    if add_flags:
+        add_flags(parser)
     args = parser.parse_args()
     return args, make_photos(args.images_dir / str(args.count), args.count)
