@@ -94,7 +94,7 @@ TEST_RATIO = 0.1
 SEED = 42
 RESIZE_MODE = "stretch"
 # How the shards store pixels: "jpeg" (small) or "raw" (uint8 arrays, image_size^2 * 3 bytes
-# each, ~16x the disk at 160 px, read without decoding: for input-bound training).
+# each, ~16x the disk at 160 px, read without JPEG decoding; see README, Performance).
 IMAGE_FORMAT = "jpeg"
 IMAGE_FORMATS = ("jpeg", "raw")
 MAX_IMAGE_PIXELS = 100_000_000  # Decompression-bomb guard: larger images are rejected.

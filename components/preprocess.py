@@ -1,5 +1,5 @@
 """Preprocess step: images of any source (components.sources) -> resized, split, sharded
-JPEG TFRecords.
+JPEG (or raw-pixel) TFRecords.
 
 Writes `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` (with a summary) into the
 dataset folder, and a Parquet manifest with one row per input file. Every input file ends in

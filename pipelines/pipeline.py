@@ -203,7 +203,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             seed: Seed for the split, shuffling and weight initialisation.
             resize_mode: stretch (ignore aspect ratio), pad (letterbox) or crop (centre).
             image_format: How the shards store images: jpeg, or raw (uint8 pixels: about 16x
-                the disk, read without decoding, for input-bound training).
+                the disk, no JPEG decoding when read; faster only when cached).
             num_workers: Preprocess worker processes; 0: one per CPU.
             shard_size_mb: TFRecord shard size to aim for, in MB (100-200 reads best).
             min_images_per_class: Fail if a class keeps fewer usable images than this.
