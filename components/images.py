@@ -124,7 +124,8 @@ def encode_image(data: bytes, options: EncodeOptions) -> bytes:
 
 def hash_and_encode(ref: str | bytes, options: EncodeOptions) -> Encoded:
     """The worker task: one input (a path, bucket URI or the bytes themselves) in, its sha256
-    and encoded image (or rejection) out. Bucket objects are read here, in the worker, in parallel."""
+    and encoded image (or rejection) out. Bucket objects are read here, in the worker, in
+    parallel."""
     try:
         data = sources.read(ref)
     except FileNotFoundError as error:
