@@ -4,6 +4,7 @@ import argparse
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -15,12 +16,13 @@ from components import configs, fashion_mnist, images, tfrecord_writer
 
 def write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
                   image_size: int) -> Path:
-    """Writes {split: (28x28 images, labels)} as one JPEG shard per split plus the
-    metadata the input pipeline reads, as the preprocess step would."""
+    """Writes {split: (28x28 images, labels)} as one shard per split (the default
+    image_format) plus the metadata the input pipeline reads, as the preprocess step would."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = fashion_mnist.CLASS_NAMES
     metadata = {"class_names": names, "num_classes": len(names), "image_size": image_size,
-                "image_format": "jpeg", "counts": {}, "shards": {}, "num_examples": {}}
+                "image_format": configs.IMAGE_FORMAT, "counts": {}, "shards": {},
+                "num_examples": {}}
     options = images.EncodeOptions(image_size)
     for split, (pixels, labels) in splits.items():
         def examples():
@@ -66,13 +68,17 @@ def make_photos(root: Path, count: int) -> Path:
     return root
 
 
-def photos_from_arguments(description: str, count: int,
-                          repeats_help: str) -> tuple[argparse.Namespace, Path]:
-    """The benchmarks' common flags, parsed, and their photos (made if need be)."""
+def photos_from_arguments(description: str, count: int, repeats_help: str,
+                          add_flags: Callable[[argparse.ArgumentParser], object] | None = None
+                          ) -> tuple[argparse.Namespace, Path]:
+    """The benchmarks' common flags (and add_flags' own), parsed, and their photos (made if
+    need be)."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=count, help="source photos (max 60000)")
     parser.add_argument("--repeats", type=int, default=3, help=repeats_help)
     parser.add_argument("--images-dir", type=Path, default=PHOTOS_DIR)
+    if add_flags:
+        add_flags(parser)
     args = parser.parse_args()
     return args, make_photos(args.images_dir / str(args.count), args.count)

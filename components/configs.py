@@ -93,6 +93,10 @@ VALIDATION_RATIO = 0.1
 TEST_RATIO = 0.1
 SEED = 42
 RESIZE_MODE = "stretch"
+# How the shards store pixels: "jpeg" (small) or "raw" (uint8 arrays, image_size^2 * 3 bytes
+# each, ~16x the disk at 160 px, read without JPEG decoding; see README, Performance).
+IMAGE_FORMAT = "jpeg"
+IMAGE_FORMATS = ("jpeg", "raw")
 MAX_IMAGE_PIXELS = 100_000_000  # Decompression-bomb guard: larger images are rejected.
 MIN_IMAGES_PER_CLASS = 5
 MAX_REJECTED_FRACTION = 0.1

@@ -1,4 +1,5 @@
-"""Image decoding for the preprocess step: any input mode -> 8-bit RGB, resized, as JPEG.
+"""Image decoding for the preprocess step: any input mode -> 8-bit RGB, resized, as JPEG
+or raw pixels.
 
 Only PIL and NumPy here (no TensorFlow), so worker processes start fast; inputs are read
 through components.sources.
@@ -30,13 +31,20 @@ class EncodeOptions:
     image_size: int
     resize_mode: str = configs.RESIZE_MODE
     max_pixels: int = configs.MAX_IMAGE_PIXELS
+    image_format: str = configs.IMAGE_FORMAT
+
+    def __post_init__(self):
+        if self.image_format not in configs.IMAGE_FORMATS:
+            raise ValueError(f"image_format={self.image_format!r}; choose one of "
+                             f"{', '.join(configs.IMAGE_FORMATS)}")
 
 
 @dataclass
 class Encoded:
-    """What a worker returns for one file: its hash and JPEG bytes, or why it was rejected."""
+    """What a worker returns for one file: its hash and encoded image, or why it was
+    rejected."""
     sha256: str
-    jpeg: bytes = b""
+    encoded: bytes = b""
     reason: str = ""
     detail: str = ""
 
@@ -79,7 +87,8 @@ def _read_error(error: OSError) -> Rejected:
 
 def encode_image(data: bytes, options: EncodeOptions) -> bytes:
     """Decodes any PIL-readable image, applies EXIF orientation, converts to 8-bit RGB,
-    resizes to image_size x image_size and returns JPEG bytes. Raises Rejected."""
+    resizes to image_size x image_size and returns it in options.image_format: JPEG bytes, or
+    the raw uint8 pixels (height, width, RGB; what tf.io.decode_raw reads). Raises Rejected."""
     try:
         with warnings.catch_warnings():
             # Our own limit below applies; PIL still refuses over twice its default.
@@ -106,6 +115,8 @@ def encode_image(data: bytes, options: EncodeOptions) -> bytes:
             raise _read_error(error) from error
         except (ValueError, SyntaxError, EOFError) as error:
             raise Rejected("unreadable", str(error)) from error
+        if options.image_format == "raw":
+            return image.tobytes()
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=configs.JPEG_QUALITY)
     return out.getvalue()
@@ -113,7 +124,8 @@ def encode_image(data: bytes, options: EncodeOptions) -> bytes:
 
 def hash_and_encode(ref: str | bytes, options: EncodeOptions) -> Encoded:
     """The worker task: one input (a path, bucket URI or the bytes themselves) in, its sha256
-    and JPEG (or rejection) out. Bucket objects are read here, in the worker, in parallel."""
+    and encoded image (or rejection) out. Bucket objects are read here, in the worker, in
+    parallel."""
     try:
         data = sources.read(ref)
     except FileNotFoundError as error:
@@ -122,7 +134,7 @@ def hash_and_encode(ref: str | bytes, options: EncodeOptions) -> Encoded:
         return Encoded("", reason="unreadable", detail=str(error))
     result = Encoded(hashlib.sha256(data).hexdigest())
     try:
-        result.jpeg = encode_image(data, options)
+        result.encoded = encode_image(data, options)
     except Rejected as rejected:
         result.reason, result.detail = rejected.reason, rejected.detail
     return result

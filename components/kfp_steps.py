@@ -22,8 +22,8 @@ def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ra
                test_ratio: float, seed: int, resize_mode: str, num_workers: int,
                shard_size_mb: int, min_images_per_class: int, max_rejected_fraction: float,
                max_image_pixels: int, previous_manifest: str, tfds_data_dir: str,
-               tfds_splits: str, dataset: Output[Dataset], manifest: Output[Dataset],
-               summary: Output[Metrics]):
+               tfds_splits: str, image_format: str, dataset: Output[Dataset],
+               manifest: Output[Dataset], summary: Output[Metrics]):
     """Resizes, splits and writes the images as sharded TFRecords plus a manifest; the
     summary counts reconcile: inputs = written + duplicates + rejected."""
     from components import preprocess as lib
@@ -34,7 +34,7 @@ def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ra
                        max_rejected_fraction=max_rejected_fraction,
                        max_image_pixels=max_image_pixels, previous_manifest=previous_manifest,
                        shard_size_mb=shard_size_mb, tfds_data_dir=tfds_data_dir,
-                       tfds_splits=tfds_splits)
+                       tfds_splits=tfds_splits, image_format=image_format)
     dataset.metadata.update(lib.artifact_metadata(metadata))
     for name, value in metadata["summary"].items():
         summary.log_metric(name, value)
@@ -52,15 +52,16 @@ def preprocess_list(data_dir: str, listing: Output[Dataset]):
 
 @cpu_component
 def preprocess_group(listing: Input[Dataset], group: int, groups: int, image_size: int,
-                     resize_mode: str, max_image_pixels: int, num_workers: int,
-                     part: Output[Dataset]):
+                     resize_mode: str, max_image_pixels: int, image_format: str,
+                     num_workers: int, part: Output[Dataset]):
     """Fan-out, one pod per group: hashes and encodes its slice of the listing."""
     from pathlib import Path
 
     from components import images, preprocess as lib
 
     lib.encode_group(Path(listing.path), group, groups, Path(part.path),
-                     images.EncodeOptions(image_size, resize_mode, max_image_pixels),
+                     images.EncodeOptions(image_size, resize_mode, max_image_pixels,
+                                          image_format),
                      num_workers)
 
 

@@ -1,5 +1,5 @@
 """Preprocess step: images of any source (components.sources) -> resized, split, sharded
-JPEG TFRecords.
+JPEG (or raw-pixel) TFRecords.
 
 Writes `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` (with a summary) into the
 dataset folder, and a Parquet manifest with one row per input file. Every input file ends in
@@ -126,8 +126,8 @@ def _encode_chunk(task: tuple[str, list[SourceFile]],
                 source.reject(result.reason, result.detail)
                 continue
             record = tfrecord_writer.frame(tfrecord_writer.serialize_example(
-                result.jpeg, source.label_index, source.label, source.name, result.sha256,
-                options.image_size))
+                result.encoded, source.label_index, source.label, source.name, result.sha256,
+                options.image_size, options.image_format))
             source.spool, source.offset, source.length = spool_path, spool.tell(), len(record)
             spool.write(record)
     return chunk
@@ -368,6 +368,7 @@ def _part_info(class_names: list[str], options: images.EncodeOptions, group: int
                groups: int) -> dict:
     return {"class_names": class_names, "image_size": options.image_size,
             "resize_mode": options.resize_mode, "max_pixels": options.max_pixels,
+            "image_format": options.image_format,
             "group": group, "groups": groups}
 
 
@@ -423,7 +424,7 @@ def merge(part_dirs: list[Path], output_dir: str, manifest_path: str, train_rati
                   flush=True)
     check_outcome(files, class_names, summary, min_images_per_class, max_rejected_fraction)
     metadata = {"class_names": class_names, "num_classes": len(class_names),
-                "image_size": info["image_size"], "image_format": "jpeg",
+                "image_size": info["image_size"], "image_format": info["image_format"],
                 "resize_mode": info["resize_mode"], "counts": {}, "shards": {},
                 "num_examples": {}, "num_rejected": summary["rejected"], "summary": summary}
     shards = {}
@@ -462,7 +463,8 @@ def run(data_dir: str, output_dir: str, manifest_path: str, image_size: int,
         previous_manifest: str = configs.PREVIOUS_MANIFEST,
         shard_size_mb: int = configs.SHARD_SIZE_MB,
         tfds_data_dir: str = configs.TFDS_DATA_DIR,
-        tfds_splits: str = configs.TFDS_SPLITS) -> dict:
+        tfds_splits: str = configs.TFDS_SPLITS,
+        image_format: str = configs.IMAGE_FORMAT) -> dict:
     """The whole preprocess step in one process pool: one group, then the merge."""
     validate_ratios(train_ratio, validation_ratio, test_ratio)
     class_names, files = list_inputs(data_dir, tfds_data_dir, tfds_splits)
@@ -471,7 +473,7 @@ def run(data_dir: str, output_dir: str, manifest_path: str, image_size: int,
     _clear_previous_output(out)
     for stale in out.glob(_PARTS_PREFIX + "*"):  # What a killed run left.
         shutil.rmtree(stale)
-    options = images.EncodeOptions(image_size, resize_mode, max_image_pixels)
+    options = images.EncodeOptions(image_size, resize_mode, max_image_pixels, image_format)
     # In the output folder, whose disk is sized for the dataset; removed when done.
     with tempfile.TemporaryDirectory(prefix=_PARTS_PREFIX, dir=out) as part:
         files = encode_part(files, Path(part), options, resolve_workers(num_workers))

@@ -40,12 +40,13 @@ def _int_feature(value: int) -> bytes:
     return _field(3, _field(1, _varint(value)))  # Feature.int64_list.value, packed
 
 
-def serialize_example(encoded_jpeg: bytes, label: int, label_text: str, filename: str,
-                      sha256: str, image_size: int) -> bytes:
-    """A serialized tf.train.Example of one image."""
+def serialize_example(encoded: bytes, label: int, label_text: str, filename: str,
+                      sha256: str, image_size: int,
+                      image_format: str = configs.IMAGE_FORMAT) -> bytes:
+    """A serialized tf.train.Example of one image, encoded as image_format says."""
     features = {
-        configs.KEY_ENCODED: _bytes_feature(encoded_jpeg),
-        configs.KEY_FORMAT: _bytes_feature(b"jpeg"),
+        configs.KEY_ENCODED: _bytes_feature(encoded),
+        configs.KEY_FORMAT: _bytes_feature(image_format.encode()),
         configs.KEY_LABEL: _int_feature(label),
         configs.KEY_LABEL_TEXT: _bytes_feature(label_text.encode()),
         configs.KEY_FILENAME: _bytes_feature(filename.encode()),

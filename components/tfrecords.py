@@ -25,34 +25,59 @@ def shard_files(dataset_dir: str | Path, split: str, metadata: dict | None = Non
 
 
 def decode_example(serialized: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """One JPEG record -> (uint8 image, label)."""
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
     image = tf.io.decode_jpeg(parsed[configs.KEY_ENCODED], channels=3)
     return tf.ensure_shape(image, [image_size, image_size, 3]), parsed[configs.KEY_LABEL]
+
+
+def decode_raw_batch(serialized: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """A batch of raw-pixel records -> (uint8 images, labels), in a few vectorized ops."""
+    parsed = tf.io.parse_example(serialized, _FEATURES)
+    pixels = tf.io.decode_raw(parsed[configs.KEY_ENCODED], tf.uint8,
+                              fixed_length=image_size * image_size * 3)
+    return tf.reshape(pixels, [-1, image_size, image_size, 3]), parsed[configs.KEY_LABEL]
 
 
 def load_split(dataset_dir: str | Path, split: str, batch_size: int, *, training: bool,
                cache_budget_mb: int = configs.CACHE_BUDGET_MB, seed: int | None = None,
                binary: bool = False) -> tf.data.Dataset:
     """Batches of (float32 image in [0, 255], label). Shards are read in parallel; decoded
-    images are cached in memory when the split fits the budget; training data is shuffled."""
+    images are cached in memory when the split fits the budget; training data is shuffled.
+    JPEG records are decoded one by one in parallel, raw ones a batch at a time."""
     metadata = read_metadata(dataset_dir)
-    image_size = metadata["image_size"]
+    image_size, image_format = metadata["image_size"], metadata["image_format"]
+    if image_format not in configs.IMAGE_FORMATS:
+        raise ValueError(f"{Path(dataset_dir) / configs.METADATA_FILE}: image_format="
+                         f"{image_format!r} is not one this version reads "
+                         f"({', '.join(configs.IMAGE_FORMATS)}); preprocess the data again")
     files = shard_files(dataset_dir, split, metadata)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
         dataset = dataset.shuffle(len(files), seed=seed)
     dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    dataset = dataset.map(lambda s: decode_example(s, image_size),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+
+    def decode(records: tf.data.Dataset) -> tf.data.Dataset:
+        if image_format == "raw":  # Decoded after batching.
+            return records
+        return records.map(lambda s: decode_example(s, image_size),
+                           num_parallel_calls=tf.data.AUTOTUNE)
+
     decoded_mb = metadata["num_examples"][split] * image_size * image_size * 3 / 2**20
-    if decoded_mb <= cache_budget_mb:
-        dataset = dataset.cache()
+    cached = decoded_mb <= cache_budget_mb
+    if cached:
+        dataset = decode(dataset).cache()
     if training:
+        # Uncached, the buffer holds JPEG records, not decoded images (about 16x smaller, far
+        # less memory churn): decoding after shuffling takes a third less CPU.
         dataset = dataset.shuffle(min(metadata["num_examples"][split], 10_000), seed=seed,
                                   reshuffle_each_iteration=True)
+    if not cached:
+        dataset = decode(dataset)
 
-    def to_model_inputs(image, label):
+    def to_model_inputs(*batch):
+        image, label = decode_raw_batch(*batch, image_size) if image_format == "raw" else batch
         label = tf.cast(label, tf.float32)[:, None] if binary else label
         return tf.cast(image, tf.float32), label
 

@@ -2,8 +2,8 @@
 clear message rather than deep inside a step."""
 from pathlib import Path
 
-from components import (accelerators, backbones, images, keras_backend, model as model_lib,
-                        preprocess, sources, storage, training)
+from components import (accelerators, backbones, configs, images, keras_backend,
+                        model as model_lib, preprocess, sources, storage, training)
 from components.errors import TlpError
 
 
@@ -85,6 +85,9 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     if params["resize_mode"] not in images.RESIZE_MODES:
         raise TlpError(f"resize_mode={params['resize_mode']!r}; choose one of "
                        f"{', '.join(images.RESIZE_MODES)}.")
+    if params["image_format"] not in configs.IMAGE_FORMATS:
+        raise TlpError(f"image_format={params['image_format']!r}; choose one of "
+                       f"{', '.join(configs.IMAGE_FORMATS)}.")
     if not 0 <= params["max_rejected_fraction"] <= 1:
         raise TlpError(f"max_rejected_fraction={params['max_rejected_fraction']} must be "
                        "in [0, 1].")

@@ -44,6 +44,7 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     (["--baseline-model", "/no/such.keras"], "baseline_model /no/such.keras does not exist"),
     (["--export-destination", "minio://b/m"], "export_destination=minio://b/m: use a local"),
     (["--resize-mode", "squash"], "resize_mode='squash'; choose one of stretch, pad, crop"),
+    (["--image-format", "png"], "image_format='png'; choose one of jpeg, raw"),
     (["--max-rejected-fraction", "1.5"], "max_rejected_fraction=1.5 must be in [0, 1]"),
     (["--min-images-per-class", "0"], "min_images_per_class=0 must be at least 1"),
     (["--previous-manifest", "/no/m.parquet"], "previous_manifest /no/m.parquet does not exist"),

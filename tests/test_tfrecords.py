@@ -68,3 +68,47 @@ def test_binary_labels_are_float_columns(tiny_dataset):
     _, labels = next(iter(tfrecords.load_split(tiny_dataset, "train", 4, training=True,
                                                binary=True)))
     assert labels.shape == (4, 1) and labels.dtype == tf.float32
+
+
+def _images_by_label(dataset) -> list[tuple[int, bytes]]:
+    """An epoch's (label, pixels) pairs, sorted: the same for any order."""
+    return sorted((int(label), image.astype(np.uint8).tobytes()) for images, labels in dataset
+                  for image, label in zip(images.numpy(), labels.numpy()))
+
+
+@pytest.mark.parametrize("image_format", ["jpeg", "raw"])
+def test_every_training_epoch_reads_each_image_once_cached_or_not(tmp_path, image_folder,
+                                                                  image_format):
+    from components import images, preprocess
+
+    out = tmp_path / "ds"
+    preprocess.run(str(image_folder), str(out), str(tmp_path / "m.parquet"), 32, 0.6, 0.2, 0.2,
+                   seed=3, image_format=image_format)
+    assert tfrecords.read_metadata(out)["image_format"] == image_format
+    record = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(
+        tfrecords.shard_files(out, "train")))).numpy())
+    assert record.features.feature["image/format"].bytes_list.value == [image_format.encode()]
+
+    epochs = {}
+    for budget in (0, 100):  # Decoding after the shuffle, or from the cache.
+        dataset = tfrecords.load_split(out, "train", 5, training=True, cache_budget_mb=budget,
+                                       seed=0)
+        first, second = list(dataset), list(dataset)
+        assert [len(b[0]) for b in first] == [5, 5, 5, 3]  # 18 training images
+        assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, second))  # reshuffled
+        epochs[budget] = _images_by_label(first)
+        assert _images_by_label(second) == epochs[budget]
+    assert epochs[0] == epochs[100]
+    if image_format == "raw":  # Exactly the pixels the preprocess step made.
+        options = images.EncodeOptions(32, image_format="raw")
+        colours = {"blue": 0, "green": 1, "red": 2}
+        made = sorted((colours[path.parent.name], images.encode_image(path.read_bytes(), options))
+                      for path in image_folder.glob("*/*"))
+        assert all(pair in made for pair in epochs[0])
+
+
+def test_unknown_image_format_is_refused(tmp_path):
+    from components import images
+
+    with pytest.raises(ValueError, match="image_format='png'; choose one of jpeg, raw"):
+        images.EncodeOptions(32, image_format="png")
