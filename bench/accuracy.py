@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 
 from bench.common import write_dataset
-from components import demo_weights, fashion_mnist, model as model_lib, training
+from components import configs, demo_weights, fashion_mnist, model as model_lib, training
 from components.evaluation import compute_metrics, predict_split
 
 
@@ -91,7 +91,7 @@ def main() -> None:
                 work.mkdir()
                 results[name] = run(weights(), dataset, work, args)
     print(f"\nSame budget for each arm: {args.image_size} px, batch "
-          f"{training.FitOptions(epochs=0).batch_size}, {args.epochs} epochs train at "
+          f"{configs.BATCH_SIZE}, {args.epochs} epochs train at "
           f"{args.learning_rate:g} then {args.fine_tune_epochs} fine_tune with layers "
           f"{args.fine_tune_layers} at {args.fine_tune_learning_rate:g}, {args.lr_schedule} "
           f"schedule, label smoothing {args.label_smoothing:g}; the train step trains the head "
