@@ -1,13 +1,16 @@
 """Accuracy of transfer learning on Fashion-MNIST (Debian package `dataset-fashion-mnist`):
 500 train and 100 validation images per class, the full 10,000-image test set, 96x96,
 MobileNetV2. Reports test accuracy after train and after fine_tune, and wall time, for the
-demo's ImageNet weights next to weights=none with the same budget.
+demo's ImageNet weights next to weights=none with the same budget: the same recipe, the
+same epochs and the same training functions as the pipeline's train and fine_tune steps.
+From scratch (weights=none) the train step trains every layer, so its epochs cost more.
 
-    .venv/bin/python -m bench.accuracy [--epochs 10] [--fine-tune-epochs 5] [--weights none]
+    .venv/bin/python -m bench.accuracy [--fine-tune-layers all] [--weights none]
 
 Needs the demo weights (derived on first use, like `tlp demo-weights`).
 """
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import keras
 
 from bench.common import write_dataset
-from components import demo_weights, fashion_mnist, model as model_lib, training
+from components import configs, demo_weights, fashion_mnist, model as model_lib, training
 from components.evaluation import compute_metrics, predict_split
 
 
@@ -26,23 +29,33 @@ def test_accuracy(model_path: Path, dataset: Path) -> float:
                            top_k=1)["accuracy"]
 
 
+def fit_options(epochs: int, args: argparse.Namespace) -> training.FitOptions:
+    return training.FitOptions(epochs=epochs, target_accuracy=1.01,
+                               lr_schedule=args.lr_schedule,
+                               label_smoothing=args.label_smoothing)
+
+
 def run(weights: str, dataset: Path, work: Path, args: argparse.Namespace) -> dict:
-    started = time.monotonic()
-    options = training.FitOptions(epochs=args.epochs, target_accuracy=1.01)
-    training.train(str(dataset), str(work / "train.keras"), str(work / "train.json"),
-                   "MobileNetV2", weights, model_lib.Head(),
-                   model_lib.Augmentation(flip="horizontal", rotation=0.05, zoom=0.1,
-                                          translation=0.1, contrast=0.1),
-                   args.learning_rate, options, str(work / "train.state"))
+    started, cpu_started = time.monotonic(), time.process_time()
+    trained = training.train(
+        str(dataset), str(work / "train.keras"), str(work / "train.json"), "MobileNetV2",
+        weights, model_lib.Head(),
+        model_lib.Augmentation(flip="horizontal", rotation=0.05, zoom=0.1, translation=0.1,
+                               contrast=0.1),
+        args.learning_rate, fit_options(args.epochs, args), str(work / "train.state"))
     after_train = test_accuracy(work / "train.keras", dataset)
-    options = training.FitOptions(epochs=args.fine_tune_epochs, target_accuracy=1.01)
-    training.fine_tune(str(dataset), str(work / "train.keras"), str(work / "train.json"),
-                       str(work / "tuned.keras"), str(work / "tuned.json"),
-                       args.fine_tune_layers, args.fine_tune_learning_rate, options,
-                       str(work / "tune.state"))
-    return {"after_train": after_train, "after_fine_tune": test_accuracy(work / "tuned.keras",
-                                                                         dataset),
-            "minutes": (time.monotonic() - started) / 60}
+    tuned = training.fine_tune(
+        str(dataset), str(work / "train.keras"), str(work / "train.json"),
+        str(work / "tuned.keras"), str(work / "tuned.json"), args.fine_tune_layers,
+        args.fine_tune_learning_rate, fit_options(args.fine_tune_epochs, args),
+        str(work / "tune.state"))
+    return {"after_train": after_train,
+            "after_fine_tune": test_accuracy(work / "tuned.keras", dataset),
+            # Early stopping (val_loss, patience 3) may end a phase before its epochs.
+            "epochs": f"{len(trained['epoch'])}+"
+                      f"{sum(epoch > trained['epoch'][-1] for epoch in tuned['epoch'])}",
+            "minutes": (time.monotonic() - started) / 60,
+            "cpu_minutes": (time.process_time() - cpu_started) / 60}
 
 
 def main() -> None:
@@ -52,8 +65,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--fine-tune-epochs", type=int, default=5)
-    parser.add_argument("--fine-tune-layers", default="30")
+    parser.add_argument("--fine-tune-layers", default="all")
     parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-4)
+    parser.add_argument("--lr-schedule", default="cosine", choices=training.LR_SCHEDULES,
+                        help="of both phases, as the pipeline's lr_schedule")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--weights", choices=("both", "imagenet", "none"), default="both",
                         help="run one arm only: the demo's imagenet weights, or none")
     args = parser.parse_args()
@@ -74,13 +90,18 @@ def main() -> None:
                 work = Path(tmp) / name.split()[0]
                 work.mkdir()
                 results[name] = run(weights(), dataset, work, args)
-    print(f"\n{args.image_size} px, {args.epochs}+{args.fine_tune_epochs} epochs, "
-          f"fine-tuning the top {args.fine_tune_layers} layers at "
-          f"{args.fine_tune_learning_rate:g}")
-    print(f"{'weights':<16} {'after train':>12} {'after fine_tune':>16} {'minutes':>8}")
+    print(f"\nSame budget for each arm: {args.image_size} px, batch "
+          f"{configs.BATCH_SIZE}, {args.epochs} epochs train at "
+          f"{args.learning_rate:g} then {args.fine_tune_epochs} fine_tune with layers "
+          f"{args.fine_tune_layers} at {args.fine_tune_learning_rate:g}, {args.lr_schedule} "
+          f"schedule, label smoothing {args.label_smoothing:g}; the train step trains the head "
+          "alone on the demo weights, every layer from scratch (weights=none).")
+    print(f"{'weights':<16} {'after train':>12} {'after fine_tune':>16} {'epochs':>7} "
+          f"{'minutes':>8} {'CPU min':>8}")
     for name, r in results.items():
         print(f"{name:<16} {r['after_train']:>12.4f} {r['after_fine_tune']:>16.4f} "
-              f"{r['minutes']:>8.1f}")
+              f"{r['epochs']:>7} {r['minutes']:>8.1f} {r['cpu_minutes']:>8.1f}")
+    print("load averages at the end (1, 5, 15 min): %.1f %.1f %.1f" % os.getloadavg())
 
 
 if __name__ == "__main__":
