@@ -5,6 +5,7 @@ of their own (.ci/run)."""
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -29,6 +30,36 @@ def test_a_clear_error_when_no_docker_engine_answers(monkeypatch, tmp_path):
 def test_a_clear_error_when_the_image_is_missing(tmp_path):
     with pytest.raises(TlpError, match="tlp-test/missing:0 does not exist: .*make images"):
         local_docker.docker_runner({"data_dir": str(tmp_path)}, "tlp-test/missing:0")
+
+
+@pytest.mark.docker
+def test_the_watch_catches_a_failed_step_whose_container_is_gone():
+    """The case kfp.local's DockerRunner takes as a success: the container exited non-zero and
+    was removed (auto_remove) before its exit code was asked for."""
+    import docker
+
+    client = docker.from_env()
+    with pytest.raises(TlpError, match="step broken_step failed: its container exited with "
+                                       "code 3"):
+        with local_docker.StepWatch() as watch:
+            container = client.containers.run(
+                configs.CPU_IMAGE, ["sh", "-c", "sleep 1; exit 3", "sh",
+                                    "--function_to_execute", "broken_step"],
+                detach=True, auto_remove=True, network_mode="none", labels=watch.labels)
+            while client.containers.list(all=True, filters={"id": container.id}):
+                time.sleep(0.1)
+            with pytest.raises(docker.errors.NotFound):
+                container.wait()
+    client.close()
+
+
+@pytest.mark.docker
+def test_a_failed_step_fails_the_docker_run_and_is_named(tmp_path):
+    (tmp_path / "images" / "empty-class").mkdir(parents=True)  # Preprocess stops on it.
+    with pytest.raises(TlpError, match="step preprocess failed: its container exited with "
+                                       "code 1"):
+        runner.run_local(e2e_arguments(tmp_path / "images"), tmp_path / "root",
+                         configs.CPU_IMAGE)
 
 
 def step_files(run_dir: Path, step: str) -> set[str]:
