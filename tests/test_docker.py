@@ -5,6 +5,7 @@ of their own (.ci/run)."""
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -54,12 +55,14 @@ def test_the_watch_catches_a_failed_step_whose_container_is_gone():
 
 
 @pytest.mark.docker
-def test_a_failed_step_fails_the_docker_run_and_is_named(tmp_path):
-    (tmp_path / "images" / "empty-class").mkdir(parents=True)  # Preprocess stops on it.
+def test_a_failed_step_fails_the_docker_run_and_is_named(e2e_images, tmp_path):
+    data = shutil.copytree(e2e_images, tmp_path / "images")
+    arguments = e2e_arguments(data)  # Checks the data here, before any step runs.
+    for image in (data / "blue").iterdir():  # So preprocess fails in its container.
+        image.unlink()
     with pytest.raises(TlpError, match="step preprocess failed: its container exited with "
                                        "code 1"):
-        runner.run_local(e2e_arguments(tmp_path / "images"), tmp_path / "root",
-                         configs.CPU_IMAGE)
+        runner.run_local(arguments, tmp_path / "root", configs.CPU_IMAGE)
 
 
 def step_files(run_dir: Path, step: str) -> set[str]:
