@@ -1,7 +1,7 @@
 """`tlp run --local --docker`: the whole pipeline in the CPU image with kfp.local's DockerRunner,
 compared with the subprocess run (`local_run`). The tests marked docker need a Docker engine
-and the image (`make image-cpu`); the default suite leaves them out and CI runs them in a stage
-of their own (.ci/run)."""
+and the image (`make image-cpu`); the default suite leaves them out and CI runs them in a session
+of their own with the other tests that use local_run (.ci/run)."""
 import json
 import os
 import re
