@@ -50,8 +50,9 @@ if ! $DOCKER image inspect "$CPU_BASE" >/dev/null 2>&1; then
     # mmdebstrap, not debootstrap: apt's parallel downloads, a tarball straight to stdout and
     # ~40% less CPU (measured side by side: docs/engineering-notes.md). The host's CA bundle
     # goes in: it holds the CA of a TLS-inspecting proxy, if the host has one.
+    bundle=/etc/ssl/certs/ca-certificates.crt
     as_root mmdebstrap --quiet --variant=minbase --include=python3,python3-pip \
-        --customize-hook='upload /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt' \
+        --customize-hook="upload $bundle $bundle" \
         bookworm - "${mirror:-http://deb.debian.org/debian}" \
         | $DOCKER import -c 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
             -c 'ENV PIP_BREAK_SYSTEM_PACKAGES=1' - "$CPU_BASE" >&2
