@@ -13,12 +13,12 @@ STATE=${TLP_DOCKER_DIR:-/tmp/tlp-docker}
 CPU_BASE=tlp-local/python:3.11-bookworm
 TF_VERSION=$(sed -n 's/.*"tensorflow-cpu==\([0-9.]*\).*/\1/p' pyproject.toml)
 GPU_BASE=tlp-local/tensorflow:$TF_VERSION-gpu
-log() { echo "local-engine: $*" >&2; }
+log() { echo "local-engine: [${SECONDS} s] $*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     as_root apt-get update -qq >&2
@@ -44,18 +44,18 @@ if ! $DOCKER info >/dev/null 2>&1; then
 fi
 
 if ! $DOCKER image inspect "$CPU_BASE" >/dev/null 2>&1; then
-    log "making $CPU_BASE with debootstrap"
+    log "making $CPU_BASE with mmdebstrap"
     mirror=$(sed -n 's|^URIs: *\(\S*/debian\)$|\1|p' /etc/apt/sources.list.d/*.sources \
         2>/dev/null | head -1)
-    rootfs=$(mktemp -d)
-    as_root debootstrap --variant=minbase --include=python3,python3-pip bookworm "$rootfs" \
-        "${mirror:-http://deb.debian.org/debian}" >&2
-    # The host's CA bundle: it holds the CA of a TLS-inspecting proxy, if the host has one.
-    as_root cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
-    as_root tar -C "$rootfs" -c . | $DOCKER import \
-        -c 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
-        -c 'ENV PIP_BREAK_SYSTEM_PACKAGES=1' - "$CPU_BASE" >&2
-    as_root rm -rf "$rootfs"
+    # mmdebstrap, not debootstrap: apt's parallel downloads, a tarball straight to stdout and
+    # ~40% less CPU (measured side by side: docs/engineering-notes.md). The host's CA bundle
+    # goes in: it holds the CA of a TLS-inspecting proxy, if the host has one.
+    bundle=/etc/ssl/certs/ca-certificates.crt
+    as_root mmdebstrap --quiet --variant=minbase --include=python3,python3-pip \
+        --customize-hook="upload $bundle $bundle" \
+        bookworm - "${mirror:-http://deb.debian.org/debian}" \
+        | $DOCKER import -c 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
+            -c 'ENV PIP_BREAK_SYSTEM_PACKAGES=1' - "$CPU_BASE" >&2
 fi
 
 images="CPU_BASE_IMAGE=$CPU_BASE"

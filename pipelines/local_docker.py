@@ -8,6 +8,9 @@ the files they write belong to that user.
 import hashlib
 import importlib.metadata
 import os
+import threading
+import time
+import uuid
 from pathlib import Path
 
 from components import configs
@@ -57,9 +60,78 @@ def _check_image(client, image: str) -> None:
                        f"checkout: rebuild it with `make images`.")
 
 
+class StepWatch:
+    """Every step container's exit code, from the engine's event stream: kfp.local's
+    DockerRunner removes a container when it exits and, when it is gone before DockerRunner
+    asks for its exit code, takes the step as successful (docs/engineering-notes.md). Use it
+    around the run, with DockerRunner(labels=watch.labels): on leaving, it raises TlpError
+    naming the first step whose container exited non-zero."""
+
+    SETTLE_SECONDS = 30  # For the last exits to arrive; the containers have exited by then.
+
+    def __init__(self) -> None:
+        self.labels = {"tlp.run": uuid.uuid4().hex}
+        self.steps: dict[str, str] = {}  # Container id: step name, from "create" events.
+        self.exit_codes: dict[str, int] = {}  # Container id: exit code, from "die" events.
+
+    def __enter__(self) -> "StepWatch":
+        import docker
+
+        self._client = docker.from_env()
+        self._events = self._client.events(decode=True, filters={
+            "type": "container", "event": ["create", "die"],
+            "label": [f"{k}={v}" for k, v in self.labels.items()]})
+        self._thread = threading.Thread(target=self._record, daemon=True)
+        self._thread.start()
+        return self
+
+    def _record(self) -> None:
+        import docker
+
+        try:
+            for event in self._events:
+                container, attributes = event["Actor"]["ID"], event["Actor"]["Attributes"]
+                if event["Action"] == "create":
+                    self.steps[container] = self._step_name(container, attributes["name"])
+                else:
+                    self.exit_codes[container] = int(attributes["exitCode"])
+        except (docker.errors.APIError, OSError, ValueError):  # The stream closed.
+            pass
+
+    def _step_name(self, container: str, fallback: str) -> str:
+        """The component function a step container runs (kfp's executor argument)."""
+        import docker
+
+        try:
+            args = self._client.api.inspect_container(container)["Args"]
+        except docker.errors.NotFound:  # Already gone: the container's name must do.
+            return fallback
+        flag = "--function_to_execute"
+        return args[args.index(flag) + 1] if flag in args[:-1] else fallback
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        deadline = time.monotonic() + self.SETTLE_SECONDS
+        while self.steps.keys() - self.exit_codes.keys() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._events.close()
+        self._client.close()
+        self._thread.join(5)
+        unsettled = [self.steps[c] for c in self.steps.keys() - self.exit_codes.keys()]
+        failed = [(self.steps.get(c, c), code) for c, code in self.exit_codes.items() if code]
+        if failed:
+            step, code = failed[0]
+            raise TlpError(f"step {step} failed: its container exited with code {code}. Its "
+                           "log, with the cause, is above.") from error
+        if unsettled and error is None:
+            raise TlpError(f"the Docker engine reported no exit code for step(s) "
+                           f"{', '.join(unsettled)} within {self.SETTLE_SECONDS} s, so their "
+                           "success is unknown: run again.")
+
+
 def docker_runner(arguments: dict, image: str):
-    """Returns the runner and the arguments with local paths made absolute. Fails with the fix
-    when no Docker engine answers or the image is missing or stale."""
+    """Returns the runner, the arguments with local paths made absolute and the StepWatch to
+    run it in. Fails with the fix when no Docker engine answers or the image is missing or
+    stale."""
     import docker
     from kfp import local
 
@@ -81,7 +153,8 @@ def docker_runner(arguments: dict, image: str):
     read_only = {path: True for path in inputs.values()} | {p: False for p in outputs.values()}
     mounts = [docker.types.Mount(path, path, type="bind", read_only=ro)
               for path, ro in read_only.items()]
+    watch = StepWatch()
     runner = local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}", mounts=mounts,
-                                network_mode=configs.DOCKER_NETWORK,
+                                network_mode=configs.DOCKER_NETWORK, labels=watch.labels,
                                 environment={"HOME": "/tmp"})  # The user may have no home.
-    return runner, {**arguments, **inputs, **outputs}
+    return runner, {**arguments, **inputs, **outputs}, watch

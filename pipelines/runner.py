@@ -1,4 +1,5 @@
 """Thin runners: the pipeline locally with kfp.local, or on a Kubeflow cluster."""
+import contextlib
 import json
 import os
 import re
@@ -40,13 +41,15 @@ def run_local(arguments: dict, pipeline_root: str | Path,
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     earlier = set(root.iterdir())
+    watch = contextlib.nullcontext()
     if docker_image:
-        runner, arguments = local_docker.docker_runner(arguments, docker_image)
+        runner, arguments, watch = local_docker.docker_runner(arguments, docker_image)
     else:
         runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=str(root))
     try:
-        create_pipeline(image=docker_image)(**arguments)
+        with watch:
+            create_pipeline(image=docker_image)(**arguments)
     except RuntimeError as error:  # kfp.local's report of a failed task.
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
         raise TlpError(f"{message} Its log, with the cause, is above.") from error

@@ -76,6 +76,15 @@ def e2e_arguments(data: Path) -> dict:
     return pipeline_arguments(args, local=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # Before `-m` selects by marker.
+def pytest_collection_modifyitems(items) -> None:
+    """Marks the tests that use local_run: CI runs them in the session of the Docker tests,
+    which compare with that same run (.ci/run)."""
+    for item in items:
+        if "local_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.local_run)
+
+
 @pytest.fixture(scope="session")
 def local_run(e2e_images, tmp_path_factory):
     """One local kfp run of the whole pipeline on tiny data (fresh pipeline_root)."""

@@ -1,10 +1,12 @@
 """`tlp run --local --docker`: the whole pipeline in the CPU image with kfp.local's DockerRunner,
 compared with the subprocess run (`local_run`). The tests marked docker need a Docker engine
-and the image (`make image-cpu`); the default suite leaves them out and CI runs them in a stage
-of their own (.ci/run)."""
+and the image (`make image-cpu`); the default suite leaves them out and CI runs them in a session
+of their own with the other tests that use local_run (.ci/run)."""
 import json
 import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -29,6 +31,38 @@ def test_a_clear_error_when_no_docker_engine_answers(monkeypatch, tmp_path):
 def test_a_clear_error_when_the_image_is_missing(tmp_path):
     with pytest.raises(TlpError, match="tlp-test/missing:0 does not exist: .*make images"):
         local_docker.docker_runner({"data_dir": str(tmp_path)}, "tlp-test/missing:0")
+
+
+@pytest.mark.docker
+def test_the_watch_catches_a_failed_step_whose_container_is_gone():
+    """The case kfp.local's DockerRunner takes as a success: the container exited non-zero and
+    was removed (auto_remove) before its exit code was asked for."""
+    import docker
+
+    client = docker.from_env()
+    with pytest.raises(TlpError, match="step broken_step failed: its container exited with "
+                                       "code 3"):
+        with local_docker.StepWatch() as watch:
+            container = client.containers.run(
+                configs.CPU_IMAGE, ["sh", "-c", "sleep 1; exit 3", "sh",
+                                    "--function_to_execute", "broken_step"],
+                detach=True, auto_remove=True, network_mode="none", labels=watch.labels)
+            while client.containers.list(all=True, filters={"id": container.id}):
+                time.sleep(0.1)
+            with pytest.raises(docker.errors.NotFound):
+                container.wait()
+    client.close()
+
+
+@pytest.mark.docker
+def test_a_failed_step_fails_the_docker_run_and_is_named(e2e_images, tmp_path):
+    data = shutil.copytree(e2e_images, tmp_path / "images")
+    arguments = e2e_arguments(data)  # Checks the data here, before any step runs.
+    for image in (data / "blue").iterdir():  # So preprocess fails in its container.
+        image.unlink()
+    with pytest.raises(TlpError, match="step preprocess failed: its container exited with "
+                                       "code 1"):
+        runner.run_local(arguments, tmp_path / "root", configs.CPU_IMAGE)
 
 
 def step_files(run_dir: Path, step: str) -> set[str]:
