@@ -53,7 +53,7 @@ def test_round_trip_keeps_images_labels_and_features(tmp_path, image_folder):
     batches = list(tfrecords.load_split(out, "test", batch_size=4, training=False))
     images = np.concatenate([b[0].numpy() for b in batches])
     labels = np.concatenate([b[1].numpy() for b in batches])
-    assert images.shape == (6, 32, 32, 3) and images.dtype == np.float32
+    assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
     assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
     # Each image keeps its class colour: red images are mostly red, and so on.
     for image, label in zip(images, labels):
