@@ -34,7 +34,7 @@ def predict_split(model: keras.Model, dataset_dir: str, split: str, batch_size: 
             model_lib.probabilities(model(images, training=False)))
         offset = sum(map(len, labels))
         for i in np.flatnonzero(batch_probs.argmax(axis=1) != batch_labels.numpy()):
-            wrong.append((batch_probs[i].max(), offset + i, images[i].numpy().astype(np.uint8)))
+            wrong.append((batch_probs[i].max(), offset + i, images[i].numpy()))
         wrong = sorted(wrong, key=lambda item: -item[0])[:keep_wrong]
         labels.append(batch_labels.numpy().astype(int))
         probs.append(batch_probs)
