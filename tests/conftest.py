@@ -79,10 +79,12 @@ def e2e_arguments(data: Path) -> dict:
 @pytest.hookimpl(tryfirst=True)  # Before `-m` selects by marker.
 def pytest_collection_modifyitems(items) -> None:
     """Marks the tests that use local_run: CI runs them in the session of the Docker tests,
-    which compare with that same run (.ci/run)."""
+    which compare with that same run (.ci/run). One pytest-xdist worker takes them all, so
+    that run is made once there too."""
     for item in items:
         if "local_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.local_run)
+            item.add_marker(pytest.mark.xdist_group("local_run"))
 
 
 @pytest.fixture(scope="session")
