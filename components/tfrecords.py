@@ -34,6 +34,7 @@ def decode_batch(serialized: tf.Tensor, image_size: int,
     if image_format == "raw":
         pixels = tf.io.decode_raw(encoded, tf.uint8, fixed_length=math.prod(shape))
         return tf.reshape(pixels, [-1, *shape]), parsed[configs.KEY_LABEL]
+    # Up to a default batch's worth of images decoded at once (one at a time was slower).
     images = tf.map_fn(lambda jpeg: tf.ensure_shape(tf.io.decode_jpeg(jpeg, channels=3), shape),
                        encoded, fn_output_signature=tf.TensorSpec(shape, tf.uint8),
                        parallel_iterations=configs.BATCH_SIZE)
