@@ -97,13 +97,20 @@ def replica_batch_size(batch_size: int, examples: int, split: str) -> int:
     every fit and evaluate across them to build the model (keras/src/backend/tensorflow/
     trainer.py, _maybe_symbolic_build), which fails unless every replica's share has the
     same shape: so the batch must split evenly and the first batch be whole (a split
-    smaller than a batch gets a smaller batch)."""
+    smaller than a batch gets a smaller batch). JAX's DataParallel needs every batch,
+    the last included, to split evenly."""
     replicas = replicas_in_use()
     if replicas == 1:
         return batch_size
     if batch_size % replicas:
         raise TlpError(f"batch_size={batch_size} does not split evenly over {replicas} "
                        f"replicas (GPUs): choose a multiple of {replicas}.")
+    if keras.backend.backend() == "jax" and examples % replicas:
+        # DataParallel shards every batch, the last too (jax IndivisibleError otherwise).
+        raise TlpError(f"The {split} split has {examples} images, which leaves a last batch "
+                       f"that does not split evenly over the {replicas} GPUs; on JAX every "
+                       f"split's size must be a multiple of {replicas}: use backend "
+                       "tensorflow, or add or remove images.")
     whole = examples // replicas * replicas
     if not whole:
         raise TlpError(f"The {split} split has {examples} image(s), fewer than the "

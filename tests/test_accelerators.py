@@ -52,6 +52,14 @@ def test_batches_that_cannot_split_evenly_are_rejected(monkeypatch):
         accelerators.replica_batch_size(8, 3, "validation")
 
 
+def test_jax_needs_splits_that_divide_evenly(monkeypatch):
+    monkeypatch.setattr(accelerators, "replicas_in_use", lambda: 2)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert accelerators.replica_batch_size(8, 18, "train") == 8
+    with pytest.raises(TlpError, match="train split has 17 images.*use backend tensorflow"):
+        accelerators.replica_batch_size(8, 17, "train")
+
+
 def test_one_device_keeps_the_batch_size():
     assert accelerators.replicas_in_use() == 1
     assert accelerators.replica_batch_size(9, 4, "validation") == 9
