@@ -2,6 +2,7 @@
 data parallelism over every visible GPU, on either Keras backend (TensorFlow or JAX). On a
 CPU-only machine nothing changes."""
 import contextlib
+import functools
 
 import keras
 import tensorflow as tf
@@ -52,14 +53,67 @@ def configure(mixed_precision: str) -> str:
     return policy
 
 
-def distribution_scope():
-    """Every visible GPU, when there is more than one: MirroredStrategy's scope on
-    TensorFlow (build and compile inside it), Keras's data-parallel distribution on JAX."""
+def replica_devices() -> list[str]:
+    """The devices training replicates over: every visible GPU (Keras's names on JAX,
+    TensorFlow's logical device names on TensorFlow)."""
     if keras.backend.backend() == "jax":
-        if len(_gpu_compute_capabilities()) > 1:
-            keras.distribution.set_distribution(keras.distribution.DataParallel(
-                devices=keras.distribution.list_devices("gpu")))
+        return keras.distribution.list_devices("gpu") if _gpu_compute_capabilities() else []
+    return [device.name for device in tf.config.list_logical_devices("GPU")]
+
+
+def distribution_scope():
+    """Data parallelism over replica_devices() when there are two or more: MirroredStrategy's
+    scope on TensorFlow (build and compile inside it), Keras's DataParallel distribution on
+    JAX. Prints how many replicas it uses."""
+    devices = replica_devices()
+    if len(devices) < 2:
         return contextlib.nullcontext()
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy().scope()
-    return contextlib.nullcontext()
+    print(f"accelerators: data parallel over {len(devices)} replicas: {', '.join(devices)}",
+          flush=True)
+    if keras.backend.backend() == "jax":
+        return keras.distribution.DataParallel(devices=devices).scope()
+    return _mirrored_strategy(tuple(devices)).scope()
+
+
+@functools.cache
+def _mirrored_strategy(devices: tuple[str, ...]) -> tf.distribute.MirroredStrategy:
+    """One strategy per process and devices: a second MirroredStrategy (train, then fine_tune
+    in one process) reuses its collective ops' keys and its first step fails with "Shape
+    mismatch in the collective instance"."""
+    return tf.distribute.MirroredStrategy(devices=list(devices))
+
+
+def replicas_in_use() -> int:
+    """How many replicas the current distribution_scope() trains on (1 outside one)."""
+    if keras.backend.backend() == "jax":
+        distribution = keras.distribution.distribution()
+        return distribution.device_mesh.devices.size if distribution else 1
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def replica_batch_size(batch_size: int, examples: int, split: str) -> int:
+    """The batch size for a split of `examples` images on replicas_in_use(). Each batch is
+    split over the replicas, and under MirroredStrategy Keras averages the first batch of
+    every fit and evaluate across them to build the model (keras/src/backend/tensorflow/
+    trainer.py, _maybe_symbolic_build), which fails unless every replica's share has the
+    same shape: so the batch must split evenly and the first batch be whole (a split
+    smaller than a batch gets a smaller batch). JAX's DataParallel needs every batch,
+    the last included, to split evenly."""
+    replicas = replicas_in_use()
+    if replicas == 1:
+        return batch_size
+    if batch_size % replicas:
+        raise TlpError(f"batch_size={batch_size} does not split evenly over {replicas} "
+                       f"replicas (GPUs): choose a multiple of {replicas}.")
+    if keras.backend.backend() == "jax" and examples % replicas:
+        # DataParallel shards every batch, the last too (jax IndivisibleError otherwise).
+        raise TlpError(f"The {split} split has {examples} images, which leaves a last batch "
+                       f"that does not split evenly over the {replicas} GPUs; on JAX every "
+                       f"split's size must be a multiple of {replicas}: use backend "
+                       "tensorflow, or add or remove images.")
+    whole = examples // replicas * replicas
+    if not whole:
+        raise TlpError(f"The {split} split has {examples} image(s), fewer than the "
+                       f"{replicas} replicas (GPUs): add images or use fewer GPUs "
+                       "(CUDA_VISIBLE_DEVICES).")
+    return min(batch_size, whole)

@@ -302,10 +302,13 @@ def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate
     metadata = tfrecords.read_metadata(dataset_dir)
     num_classes = metadata["num_classes"]
     binary = model_lib.is_binary(num_classes)
-    train = tfrecords.load_split(dataset_dir, "train", options.batch_size, training=True,
+    train_batch, validation_batch = (
+        accelerators.replica_batch_size(options.batch_size, metadata["num_examples"][split],
+                                        split) for split in ("train", "validation"))
+    train = tfrecords.load_split(dataset_dir, "train", train_batch, training=True,
                                  cache_budget_mb=options.cache_budget_mb, seed=options.seed,
                                  binary=binary)
-    validation = tfrecords.load_split(dataset_dir, "validation", options.batch_size,
+    validation = tfrecords.load_split(dataset_dir, "validation", validation_batch,
                                       training=False, cache_budget_mb=options.cache_budget_mb,
                                       binary=binary)
     rate = learning_rate_schedule(learning_rate, options.lr_schedule, len(train),

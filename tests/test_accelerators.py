@@ -36,3 +36,30 @@ def test_classifier_stays_float32_under_mixed_precision():
         keras.mixed_precision.set_global_policy("float32")
     assert model.get_layer("classifier").compute_dtype == "float32"
     assert model_lib.backbone_of(model).layers[2].compute_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("batch_size, examples, expected", [(8, 100, 8), (8, 7, 6), (8, 6, 6)])
+def test_batches_split_evenly_over_the_replicas(monkeypatch, batch_size, examples, expected):
+    monkeypatch.setattr(accelerators, "replicas_in_use", lambda: 2)
+    assert accelerators.replica_batch_size(batch_size, examples, "validation") == expected
+
+
+def test_batches_that_cannot_split_evenly_are_rejected(monkeypatch):
+    monkeypatch.setattr(accelerators, "replicas_in_use", lambda: 4)
+    with pytest.raises(TlpError, match="batch_size=10 does not split evenly over 4 "):
+        accelerators.replica_batch_size(10, 100, "train")
+    with pytest.raises(TlpError, match="validation split has 3 image"):
+        accelerators.replica_batch_size(8, 3, "validation")
+
+
+def test_jax_needs_splits_that_divide_evenly(monkeypatch):
+    monkeypatch.setattr(accelerators, "replicas_in_use", lambda: 2)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert accelerators.replica_batch_size(8, 18, "train") == 8
+    with pytest.raises(TlpError, match="train split has 17 images.*use backend tensorflow"):
+        accelerators.replica_batch_size(8, 17, "train")
+
+
+def test_one_device_keeps_the_batch_size():
+    assert accelerators.replicas_in_use() == 1
+    assert accelerators.replica_batch_size(9, 4, "validation") == 9

@@ -194,6 +194,54 @@ def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path, tiny
     assert not storage.exists(state)
 
 
+# Two replicas on the CPU, set up before the backend starts: TensorFlow splits the CPU into
+# two logical devices; JAX gets two host devices from XLA_FLAGS (set by the test).
+MULTI_DEVICE_SCRIPT = """
+import sys
+import keras
+dataset, out, weights = sys.argv[1:]
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+    tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                               [tf.config.LogicalDeviceConfiguration()] * 2)
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+else:
+    devices = keras.distribution.list_devices("cpu")
+from components import accelerators, model as model_lib, training
+accelerators.replica_devices = lambda: devices  # As if these were GPUs.
+options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
+training.train(dataset, out + "/m.keras", out + "/h.json", "MobileNetV2", weights,
+               model_lib.Head(), model_lib.Augmentation(), 1e-3, options, out + "/state1",
+               tensorboard_dir=out + "/tensorboard")
+training.fine_tune(dataset, out + "/m.keras", out + "/h.json", out + "/m2.keras",
+                   out + "/h2.json", "10", 1e-5, options, out + "/state2",
+                   tensorboard_dir=out + "/tensorboard")
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_train_and_fine_tune_on_two_replicas(tmp_path, tiny_dataset, backend):
+    """The multi-GPU path (MirroredStrategy, DataParallel) on two CPU devices, with every
+    callback; the saved models load and predict outside any strategy. The validation split
+    (6 images) is smaller than a batch (8), which Keras's build under MirroredStrategy once
+    failed on."""
+    weights = str(tmp_path / "backbone.weights.h5")  # Frozen backbone: JAX compiles fast.
+    backbones.build_backbone("MobileNetV2", 32, "none").save_weights(weights)
+    run = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(tiny_dataset), str(tmp_path), weights],
+        env={**os.environ, "KERAS_BACKEND": backend,
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("data parallel over 2 replicas") == 2  # Train, fine_tune.
+    images = np.zeros((2, 32, 32, 3), "uint8")
+    for model_file, history_file, epochs in [("m.keras", "h.json", [1, 2]),
+                                             ("m2.keras", "h2.json", [3, 4])]:
+        assert json.loads((tmp_path / history_file).read_text())["epoch"] == epochs
+        predictions = keras.models.load_model(tmp_path / model_file).predict(images, verbose=0)
+        np.testing.assert_allclose(predictions.sum(axis=1), [1.0, 1.0], rtol=1e-5)
+
+
 def test_state_in_a_bucket_resumes_from_the_newest_complete_snapshot(tmp_path, s3_bucket):
     """A kill while a snapshot was uploading leaves it without its marker: the one before is
     restored, and both are reported for removal."""
