@@ -3,48 +3,66 @@ from dataclasses import dataclass
 
 import keras
 
-from components import backbones
+from components import augmentation as augment_lib, backbones, configs
 from components.errors import TlpError
 
-FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 POOLING_MODES = ("avg", "flatten")
-FILL_MODES = ("reflect", "wrap", "constant", "nearest")
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Strengths of the random augmentations (0: off). Geometric ones are fractions of the
-    image size or of a full turn; colour ones are factors; blur and erasing probabilities.
-    Colour jitter, blur and erasing are off by default: colour, fine detail or a patch can be
-    what tells classes apart."""
-    flip: str = "horizontal"
-    rotation: float = 0.0
-    zoom: float = 0.0
-    translation: float = 0.0
-    shear: float = 0.0
-    contrast: float = 0.0
-    brightness: float = 0.0
-    color_jitter: float = 0.0
-    blur: float = 0.0
-    erasing: float = 0.0
-    fill_mode: str = "reflect"
+    """Strengths of the random augmentations (0: off); the defaults are the pipeline's.
+    Geometric ones are fractions of the image size or of a full turn, and compose into one
+    resampling (augment_lib.RandomAffine); colour ones are factors; blur and erasing
+    probabilities. Colour jitter, blur and erasing are off by default: colour, fine detail
+    or a patch can be what tells classes apart. Every layer compiles (XLA, jax.jit)."""
+    flip: str = configs.AUGMENT_FLIP
+    rotation: float = configs.AUGMENT_ROTATION
+    zoom: float = configs.AUGMENT_ZOOM
+    translation: float = configs.AUGMENT_TRANSLATION
+    shear: float = configs.AUGMENT_SHEAR
+    contrast: float = configs.AUGMENT_CONTRAST
+    brightness: float = configs.AUGMENT_BRIGHTNESS
+    color_jitter: float = configs.AUGMENT_COLOR_JITTER
+    blur: float = configs.AUGMENT_BLUR
+    erasing: float = configs.AUGMENT_ERASING
+    fill_mode: str = configs.AUGMENT_FILL_MODE
+
+    @classmethod
+    def none(cls) -> "Augmentation":
+        """Every augmentation off."""
+        return cls(flip="none", **{name: 0.0 for name in cls._STRENGTH_LIMITS})
+
+    # Each strength's allowed range [0, limit] ([0, limit) where the limit is excluded).
+    _STRENGTH_LIMITS = {"rotation": (1.0, True), "zoom": (1.0, False),
+                        "translation": (1.0, True), "shear": (1.0, False),
+                        "contrast": (1.0, True), "brightness": (1.0, True),
+                        "color_jitter": (1.0, True), "blur": (1.0, True),
+                        "erasing": (1.0, True)}
+
+    def validate(self) -> None:
+        if self.flip not in augment_lib.FLIP_MODES:
+            raise TlpError(f"augment_flip={self.flip!r}; choose one of "
+                           f"{', '.join(augment_lib.FLIP_MODES)}.")
+        if self.fill_mode not in augment_lib.FILL_MODES:
+            raise TlpError(f"augment_fill_mode={self.fill_mode!r}; choose one of "
+                           f"{', '.join(augment_lib.FILL_MODES)}.")
+        for name, (limit, inclusive) in self._STRENGTH_LIMITS.items():
+            value = getattr(self, name)
+            if not (0 <= value <= limit if inclusive else 0 <= value < limit):
+                raise TlpError(f"augment_{name}={value} must be in [0, {limit:g}"
+                               f"{']' if inclusive else ')'} (0: off).")
 
     def layers(self) -> list[keras.layers.Layer]:
-        """Keras preprocessing layers; they are active only when training."""
-        if self.flip not in FLIP_MODES:
-            raise TlpError(f"augment_flip={self.flip!r}; choose one of {', '.join(FLIP_MODES)}.")
-        if self.fill_mode not in FILL_MODES:
-            raise TlpError(f"augment_fill_mode={self.fill_mode!r}; choose one of "
-                           f"{', '.join(FILL_MODES)}.")
-        fill = {"fill_mode": self.fill_mode}
+        """The augmentation layers; they are active only when training."""
+        self.validate()
         pixels = {"value_range": (0, 255)}
+        geometric = self.flip != "none" or any(
+            (self.rotation, self.zoom, self.translation, self.shear))
         candidates = [
-            (self.flip != "none", lambda: keras.layers.RandomFlip(self.flip)),
-            (self.rotation, lambda: keras.layers.RandomRotation(self.rotation, **fill)),
-            (self.zoom, lambda: keras.layers.RandomZoom(self.zoom, **fill)),
-            (self.translation, lambda: keras.layers.RandomTranslation(
-                self.translation, self.translation, **fill)),
-            (self.shear, lambda: keras.layers.RandomShear(self.shear, self.shear, **fill)),
+            (geometric, lambda: augment_lib.RandomAffine(
+                self.flip, self.rotation, self.zoom, self.translation, self.shear,
+                self.fill_mode)),
             (self.contrast, lambda: keras.layers.RandomContrast(self.contrast, **pixels)),
             (self.brightness, lambda: keras.layers.RandomBrightness(self.brightness, **pixels)),
             (self.color_jitter, lambda: keras.layers.RandomColorJitter(
@@ -171,14 +189,30 @@ def without_augmentation(model: keras.Model) -> keras.Model:
 
 def compile_model(model: keras.Model, num_classes: int, learning_rate,
                   optimizer: str = "adam", label_smoothing: float = 0.0,
-                  steps_per_execution: int = 1) -> None:
-    """learning_rate: a float or a keras.optimizers.schedules schedule. Keras compiles the
-    steps with XLA where it can (jit_compile='auto')."""
+                  steps_per_execution: int = 1, jit_compile: bool | str = "auto") -> None:
+    """learning_rate: a float or a keras.optimizers.schedules schedule. With 'auto' Keras
+    compiles the steps (XLA on TensorFlow, jax.jit on JAX) where every layer allows it,
+    except with TensorFlow on a CPU-only machine or under tf.distribute. Prints what it
+    chose."""
     if optimizer not in OPTIMIZERS:
         raise TlpError(f"optimizer={optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
     loss, metric = loss_and_metric(num_classes, label_smoothing)
     model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate=learning_rate), loss=loss,
-                  metrics=[metric], steps_per_execution=steps_per_execution)
+                  metrics=[metric], steps_per_execution=steps_per_execution,
+                  jit_compile=jit_compile)
+    print(f"{model.name}: {describe_compilation(model)}", flush=True)
+
+
+def describe_compilation(model: keras.Model) -> str:
+    """Whether the compiled model's steps run compiled, and if not, which layers stop it."""
+    compiler = "jax.jit" if keras.backend.backend() == "jax" else "XLA"
+    if model.jit_compile:
+        return f"train step compiled ({compiler})"
+    blocking = sorted({type(layer).__name__ for layer in model._flatten_layers()
+                       if not layer.supports_jit})
+    reason = (f"layers that do not support it: {', '.join(blocking)}" if blocking
+              else "Keras turns XLA off for TensorFlow on CPU only and under tf.distribute")
+    return f"train step NOT compiled ({compiler}): {reason}"
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

@@ -1,5 +1,6 @@
 """Checks pipeline parameters before any work starts, so mistakes fail in seconds with one
 clear message rather than deep inside a step."""
+import dataclasses
 from pathlib import Path
 
 from components import (accelerators, backbones, configs, images, keras_backend,
@@ -65,8 +66,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     model_lib.Head(params["pooling"], model_lib.Head.parse_units(params["head_dense_units"]),
                    params["head_batch_norm"], params["dropout"],
                    params["weight_decay"]).validate()
-    model_lib.Augmentation(flip=params["augment_flip"],
-                           fill_mode=params["augment_fill_mode"]).layers()
+    model_lib.Augmentation(**{field.name: params[f"augment_{field.name}"]
+                              for field in dataclasses.fields(model_lib.Augmentation)}).validate()
     if params["optimizer"] not in model_lib.OPTIMIZERS:
         raise TlpError(f"optimizer={params['optimizer']!r}; choose one of "
                        f"{', '.join(model_lib.OPTIMIZERS)}.")
