@@ -355,7 +355,7 @@ accelerators.replica_devices = lambda: devices  # As if these were GPUs.
 options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
 training.train(dataset, out + "/m.keras", out + "/h.json", "MobileNetV2", weights,
                model_lib.Head(), model_lib.Augmentation(), 1e-3, options, out + "/state1",
-               tensorboard_dir=out + "/tensorboard")
+               tensorboard_dir=out + "/tensorboard", head_feature_views=2)
 training.fine_tune(dataset, out + "/m.keras", out + "/h.json", out + "/m2.keras",
                    out + "/h2.json", "10", 1e-5, options, out + "/state2",
                    tensorboard_dir=out + "/tensorboard")
@@ -365,7 +365,8 @@ training.fine_tune(dataset, out + "/m.keras", out + "/h.json", out + "/m2.keras"
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_train_and_fine_tune_on_two_replicas(tmp_path, tiny_dataset, backend):
     """The multi-GPU path (MirroredStrategy, DataParallel) on two CPU devices, with every
-    callback; the saved models load and predict outside any strategy. The validation split
+    callback, train on cached features and fine_tune on images; the saved models load and
+    predict outside any strategy. The validation split
     (6 images) is smaller than a batch (8), which Keras's build under MirroredStrategy once
     failed on."""
     weights = str(tmp_path / "backbone.weights.h5")  # Frozen backbone: JAX compiles fast.
@@ -377,6 +378,8 @@ def test_train_and_fine_tune_on_two_replicas(tmp_path, tiny_dataset, backend):
         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("data parallel over 2 replicas") == 2  # Train, fine_tune.
+    # train's head on features extracted on both replicas; fine_tune on images.
+    assert "head on cached features: 2 augmented view(s) of 18 train images" in run.stdout
     images = np.zeros((2, 32, 32, 3), "uint8")
     for model_file, history_file, epochs in [("m.keras", "h.json", [1, 2]),
                                              ("m2.keras", "h2.json", [3, 4])]:
