@@ -103,8 +103,8 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
           initial_model: Output[Model]):
     """Trains a new head on the frozen pretrained backbone (saved before training too, as
     initial_model, for evaluate's comparison); with head_feature_views > 0, on cached
-    backbone features of that many augmented views of each train image. Resumes after the last completed epoch when a
-    retry finds the state of a killed attempt."""
+    backbone features of that many augmented views of each train image. Resumes after the
+    last completed epoch when a retry finds the state of a killed attempt."""
     from components import keras_backend
 
     keras_backend.select(backend)  # Before anything imports keras.

@@ -432,7 +432,8 @@ def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, w
                       "trains, so its features change every step; training end-to-end on "
                       "the images", flush=True)
                 head_feature_views = 0
-        elif head_feature_views > 1 and "augmentation" not in [layer.name for layer in model.layers]:
+        elif (head_feature_views > 1
+              and "augmentation" not in [layer.name for layer in model.layers]):
             print(f"train: head_feature_views={head_feature_views}: no augmentation is on, "
                   "so every view would be the same: extracting 1", flush=True)
             head_feature_views = 1
