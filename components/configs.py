@@ -137,6 +137,10 @@ EARLY_STOPPING_PATIENCE = 3
 REDUCE_LR_PATIENCE = 2
 TARGET_ACCURACY = 1.0
 CACHE_BUDGET_MB = 2048
+# The train step's head phase: with a pretrained (frozen) backbone, train the head on cached
+# backbone features of this many augmented views of each train image (0: train on the
+# images, augmented afresh each epoch). See README, Performance.
+HEAD_FEATURE_VIEWS = 2
 MIXED_PRECISION = "auto"
 # Keras backends train and fine_tune can run on; evaluate and export always use TensorFlow
 # (the saved .keras model is the same on either).

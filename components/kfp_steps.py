@@ -98,11 +98,13 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
           warmup_epochs: int, label_smoothing: float, class_weighting: str,
           mixed_precision: str, steps_per_execution: int, backend: str,
           early_stopping_patience: int, reduce_lr_patience: int, target_accuracy: float,
-          cache_budget_mb: int, seed: int, model: Output[Model], history: Output[Artifact],
-          tensorboard: Output[Artifact], initial_model: Output[Model]):
+          cache_budget_mb: int, seed: int, head_feature_views: int, model: Output[Model],
+          history: Output[Artifact], tensorboard: Output[Artifact],
+          initial_model: Output[Model]):
     """Trains a new head on the frozen pretrained backbone (saved before training too, as
-    initial_model, for evaluate's comparison). Resumes after the last completed epoch when a
-    retry finds the state of a killed attempt."""
+    initial_model, for evaluate's comparison); with head_feature_views > 0, on cached
+    backbone features of that many augmented views of each train image. Resumes after the
+    last completed epoch when a retry finds the state of a killed attempt."""
     from components import keras_backend
 
     keras_backend.select(backend)  # Before anything imports keras.
@@ -121,7 +123,7 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
     initial_model.path += ".keras"
     result = training.train(dataset.path, model.path, history.path, backbone, weights, head,
                             augmentation, learning_rate, options, state, tensorboard.path,
-                            initial_model.path)
+                            initial_model.path, head_feature_views)
     model.metadata.update({"backbone": backbone, "epochs": result["epoch"][-1],
                            "backend": backend})
 

@@ -219,6 +219,13 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(backbones.BACKBONE_LAYER_NAME)
 
 
+def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The head: the layers after the backbone, in order (pooling first, "classifier" last;
+    build_model chains them one after another)."""
+    names = [layer.name for layer in model.layers]
+    return model.layers[names.index(backbones.BACKBONE_LAYER_NAME) + 1:]
+
+
 SIMILARITIES = ("similar", "different")
 # Train images per class from which fine_tune_layers=auto treats a dataset as large.
 LARGE_DATASET_PER_CLASS = 1000

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import keras
 
-from components import accelerators, configs, model as model_lib, storage, tfrecords
+from components import (accelerators, configs, features, model as model_lib, storage,
+                        tfrecords)
 from components.errors import TlpError
 
 
@@ -289,28 +290,45 @@ def _local_state(state_dir: str) -> Iterator[str]:
         yield local
 
 
+def split_batch_sizes(metadata: dict, options: FitOptions) -> tuple[int, int]:
+    """The train and validation batch sizes on the current replicas (see
+    accelerators.replica_batch_size)."""
+    return tuple(accelerators.replica_batch_size(options.batch_size,
+                                                 metadata["num_examples"][split], split)
+                 for split in ("train", "validation"))
+
+
 def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate: float,
         state_dir: str, initial_epoch: int = 0, best_val_loss: float | None = None,
         tensorboard_dir: str | None = None) -> dict:
-    """Compiles the model with the options' optimizer, schedule and loss, fits on the train
-    split, validating on the validation split, and ends with the weights of the epoch with
-    the lowest val_loss. When best_val_loss is given (fine-tuning), the incoming weights
-    count as a candidate with that loss, so the result is never worse on validation than the
-    model that came in. A run killed part-way and started again with the same state_dir (a
-    local folder, or a gs:// or s3:// prefix) resumes after its last completed epoch.
-    Returns the history (absolute epochs)."""
+    """Fits the model on the images of the train split, validating on the validation split:
+    fit_datasets over tfrecords.load_split's datasets. Returns the history."""
     metadata = tfrecords.read_metadata(dataset_dir)
-    num_classes = metadata["num_classes"]
-    binary = model_lib.is_binary(num_classes)
-    train_batch, validation_batch = (
-        accelerators.replica_batch_size(options.batch_size, metadata["num_examples"][split],
-                                        split) for split in ("train", "validation"))
+    binary = model_lib.is_binary(metadata["num_classes"])
+    train_batch, validation_batch = split_batch_sizes(metadata, options)
     train = tfrecords.load_split(dataset_dir, "train", train_batch, training=True,
                                  cache_budget_mb=options.cache_budget_mb, seed=options.seed,
                                  binary=binary)
     validation = tfrecords.load_split(dataset_dir, "validation", validation_batch,
                                       training=False, cache_budget_mb=options.cache_budget_mb,
                                       binary=binary)
+    return fit_datasets(model, train, validation, metadata, options, learning_rate, state_dir,
+                        initial_epoch, best_val_loss, tensorboard_dir)
+
+
+def fit_datasets(model: keras.Model, train, validation, metadata: dict, options: FitOptions,
+                 learning_rate: float, state_dir: str, initial_epoch: int = 0,
+                 best_val_loss: float | None = None,
+                 tensorboard_dir: str | None = None) -> dict:
+    """Compiles the model with the options' optimizer, schedule and loss, fits on `train`
+    (batches of (inputs, label): images, or cached features for a head model), validating on
+    `validation`, and ends with the weights of the epoch with the lowest val_loss. metadata:
+    the dataset's (class count, train counts for class weights). When best_val_loss is given
+    (fine-tuning), the incoming weights count as a candidate with that loss, so the result is
+    never worse on validation than the model that came in. A run killed part-way and started
+    again with the same state_dir (a local folder, or a gs:// or s3:// prefix) resumes after
+    its last completed epoch. Returns the history (absolute epochs)."""
+    num_classes = metadata["num_classes"]
     rate = learning_rate_schedule(learning_rate, options.lr_schedule, len(train),
                                   options.epochs, options.warmup_epochs)
     model_lib.compile_model(model, num_classes, rate, options.optimizer,
@@ -348,6 +366,35 @@ def fit(model: keras.Model, dataset_dir: str, options: FitOptions, learning_rate
     return history
 
 
+def fit_head_on_features(model: keras.Model, dataset_dir: str, views: int,
+                         options: FitOptions, learning_rate: float, state_dir: str,
+                         tensorboard_dir: str | None = None) -> dict:
+    """The train step's head phase on cached features (components/features.py): the frozen
+    backbone runs once over `views` augmented views of the train split and once over the
+    validation split, then the head, sharing the model's weights, trains on those features
+    with fit_datasets (same compile, callbacks, resume). A resumed run extracts the features
+    again (deterministic for the seed) and carries on from its backup. Returns the history."""
+    metadata = tfrecords.read_metadata(dataset_dir)
+    binary = model_lib.is_binary(metadata["num_classes"])
+    train_batch, validation_batch = split_batch_sizes(metadata, options)
+    head = features.head_model(model)
+    with features.feature_folder() as folder:
+        cached = features.extract(model, dataset_dir, views, train_batch, validation_batch,
+                                  options.cache_budget_mb, folder)
+        print(features.describe(cached), flush=True)
+        train = features.train_dataset(cached, train_batch, options.seed, binary)
+        validation = features.validation_dataset(cached, validation_batch, binary)
+        history = fit_datasets(head, train, validation, metadata, options, learning_rate,
+                               state_dir, tensorboard_dir=tensorboard_dir)
+    # The full model, saved by the caller, carries the same loss, metric and optimizer (its
+    # trainable variables are the head's, in the same order).
+    model.compile(optimizer=head.optimizer, loss=head.loss,
+                  metrics=model_lib.loss_and_metric(metadata["num_classes"],
+                                                    options.label_smoothing)[1:],
+                  steps_per_execution=options.steps_per_execution)
+    return history
+
+
 def best_val_loss(history: dict) -> float:
     return min(history["val_loss"])
 
@@ -363,9 +410,13 @@ def load_history(path: str | Path) -> dict:
 def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, weights: str,
           head: model_lib.Head, augmentation: model_lib.Augmentation,
           learning_rate: float, options: FitOptions, state_dir: str,
-          tensorboard_dir: str | None = None, initial_model_path: str | None = None) -> dict:
+          tensorboard_dir: str | None = None, initial_model_path: str | None = None,
+          head_feature_views: int = configs.HEAD_FEATURE_VIEWS) -> dict:
     """The train step: new head on the frozen pretrained backbone. The model as built, before
-    any training, goes to initial_model_path when given (the evaluate step's "before")."""
+    any training, goes to initial_model_path when given (the evaluate step's "before").
+    head_feature_views > 0 (and a pretrained, so frozen, backbone): the head trains on
+    cached backbone features of that many augmented views of each train image
+    (fit_head_on_features); 0: end-to-end on the images, augmented afresh each epoch."""
     accelerators.configure(options.mixed_precision)  # First: before TensorFlow starts.
     keras.utils.set_random_seed(options.seed)
     metadata = tfrecords.read_metadata(dataset_dir)
@@ -376,11 +427,25 @@ def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, w
             model_lib.backbone_of(model).trainable = True
             print("train: weights=none: training every backbone layer from scratch",
                   flush=True)
+            if head_feature_views:
+                print(f"train: head_feature_views={head_feature_views} ignored: the backbone "
+                      "trains, so its features change every step; training end-to-end on "
+                      "the images", flush=True)
+                head_feature_views = 0
+        elif (head_feature_views > 1
+              and "augmentation" not in [layer.name for layer in model.layers]):
+            print(f"train: head_feature_views={head_feature_views}: no augmentation is on, "
+                  "so every view would be the same: extracting 1", flush=True)
+            head_feature_views = 1
         model.summary(print_fn=lambda line, **_: print(line, flush=True))
         if initial_model_path:
             model.save(initial_model_path)
-        history = fit(model, dataset_dir, options, learning_rate, state_dir,
-                      tensorboard_dir=tensorboard_dir)
+        if head_feature_views:
+            history = fit_head_on_features(model, dataset_dir, head_feature_views, options,
+                                           learning_rate, state_dir, tensorboard_dir)
+        else:
+            history = fit(model, dataset_dir, options, learning_rate, state_dir,
+                          tensorboard_dir=tensorboard_dir)
     model.save(model_path)
     save_history(history, history_path)
     return history

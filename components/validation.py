@@ -58,7 +58,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                                params["test_ratio"])
     for name, minimum in (("epochs", 1), ("fine_tune_epochs", 0), ("batch_size", 1),
                           ("early_stopping_patience", 0), ("reduce_lr_patience", 0),
-                          ("cache_budget_mb", 0), ("warmup_epochs", 0),
+                          ("cache_budget_mb", 0), ("head_feature_views", 0),
+                          ("warmup_epochs", 0),
                           ("steps_per_execution", 1), ("top_k", 1), ("num_workers", 0),
                           ("shard_size_mb", 1), ("min_images_per_class", 1),
                           ("max_image_pixels", 1)):

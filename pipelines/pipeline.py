@@ -192,6 +192,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
         reduce_lr_patience: int = configs.REDUCE_LR_PATIENCE,
         target_accuracy: float = configs.TARGET_ACCURACY,
         cache_budget_mb: int = configs.CACHE_BUDGET_MB,
+        head_feature_views: int = configs.HEAD_FEATURE_VIEWS,
         mixed_precision: str = configs.MIXED_PRECISION,
         steps_per_execution: int = configs.STEPS_PER_EXECUTION,
         backend: str = configs.BACKEND,
@@ -262,6 +263,11 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             reduce_lr_patience: Epochs without val_loss improvement before dividing the LR by 5.
             target_accuracy: Stop a phase once val_accuracy reaches this.
             cache_budget_mb: Cache decoded images in memory when a split fits this many MB.
+            head_feature_views: Train with a pretrained backbone: run the frozen backbone
+                once over this many augmented views of each train image and train the head
+                on those cached features (in memory within cache_budget_mb, else on local
+                disk): far fewer backbone passes, but augmentation limited to these views;
+                0: train on the images, augmented afresh each epoch. fine_tune always does.
             mixed_precision: auto (bfloat16 on Ampere or newer GPUs, float16 on older ones,
                 none on CPU), bfloat16, float16 or off.
             steps_per_execution: Training steps per compiled call; raise it on GPUs when
@@ -301,7 +307,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             augment_contrast=augment_contrast, augment_brightness=augment_brightness,
             augment_color_jitter=augment_color_jitter, augment_blur=augment_blur,
             augment_erasing=augment_erasing, augment_fill_mode=augment_fill_mode,
-            epochs=epochs, learning_rate=learning_rate,
+            epochs=epochs, learning_rate=learning_rate, head_feature_views=head_feature_views,
             **fit_args)
         tune = kfp_steps.fine_tune(
             dataset=dataset, trained_model=train.outputs["model"],

@@ -40,6 +40,7 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     (["--fine-tune-layers", "auto", "--domain-similarity", "alike"],
      "domain_similarity='alike'"),
     (["--top-k", "0"], "top_k=0 must be at least 1"),
+    (["--head-feature-views", "-1"], "head_feature_views=-1 must be at least 0"),
     (["--backend", "torch"], "backend='torch'; choose one of tensorflow, jax"),
     (["--baseline-model", "/no/such.keras"], "baseline_model /no/such.keras does not exist"),
     (["--export-destination", "minio://b/m"], "export_destination=minio://b/m: use a local"),

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from components import backbones, model as model_lib, storage, training
+from components import (backbones, features, model as model_lib, storage,
+                        tfrecords, training)
 from components.errors import TlpError
 
 
@@ -34,8 +35,12 @@ def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset, 
         str(tiny_dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"), "MobileNetV2",
         "none", model_lib.Head(), model_lib.Augmentation(), 1e-3, options,
         str(tmp_path / "state1"), str(tmp_path / "tensorboard"),
-        initial_model_path=str(tmp_path / "initial.keras"))
-    assert "weights=none: training every backbone layer" in capsys.readouterr().out
+        initial_model_path=str(tmp_path / "initial.keras"), head_feature_views=2)
+    out = capsys.readouterr().out
+    assert "weights=none: training every backbone layer" in out
+    # Cached features do not apply to a backbone that trains: end-to-end on images.
+    assert "head_feature_views=2 ignored" in out
+    assert "cached features" not in out
     trained = keras.models.load_model(tmp_path / "m.keras")
     assert all(layer.trainable for layer in model_lib.backbone_of(trained).layers)
     assert train_history["epoch"] == [1, 2]
@@ -58,6 +63,131 @@ def test_train_then_fine_tune_continues_the_epoch_count(tmp_path, tiny_dataset, 
     assert set(tuned) >= {"loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"}
     model = keras.models.load_model(tmp_path / "m2.keras")
     assert sum(layer.trainable for layer in model_lib.backbone_of(model).layers) > 0
+
+
+def calibrated_backbone(path: Path) -> str:
+    """A random MobileNetV2 (32 px) whose BatchNorm statistics are those of one batch of noise,
+    saved as a weights file: frozen, it gives features of order 1 (an untouched random one
+    gives 1e-12, from which no head learns anything)."""
+    base = backbones.build_backbone("MobileNetV2", 32, "none")
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    base(np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype("float32"),
+         training=True)
+    base.save_weights(str(path))
+    return str(path)
+
+
+def train_with_views(tmp_path, dataset, weights, name, views, cache_budget_mb=2048,
+                     **options) -> dict:
+    options = training.FitOptions(**{"epochs": 3, "batch_size": 8, "target_accuracy": 1.01,
+                                     "cache_budget_mb": cache_budget_mb, **options})
+    return training.train(str(dataset), str(tmp_path / f"{name}.keras"),
+                          str(tmp_path / f"{name}.json"), "MobileNetV2", weights,
+                          model_lib.Head(), model_lib.Augmentation(), 1e-2, options,
+                          str(tmp_path / f"{name}.state"), str(tmp_path / f"{name}.tb"),
+                          head_feature_views=views)
+
+
+def test_head_phase_on_cached_features_trains_the_saved_full_model(tmp_path, tiny_dataset,
+                                                                    capsys):
+    """The head trains on cached features, in memory or (tiny budget) on disk with the same
+    result; the saved full model is the head that trained (shared weights): on the
+    validation images it has the best epoch's val_loss of the history."""
+    weights = calibrated_backbone(tmp_path / "backbone.weights.h5")
+    in_memory = train_with_views(tmp_path, tiny_dataset, weights, "memory", 2)
+    out = capsys.readouterr().out
+    assert ("train: head on cached features: 2 augmented view(s) of 18 train images + 6 "
+            "validation, 1280 features each, in memory") in out
+    on_disk = train_with_views(tmp_path, tiny_dataset, weights, "disk", 2, cache_budget_mb=0)
+    assert "1280 features each, on local disk" in capsys.readouterr().out
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        np.testing.assert_allclose(on_disk[key], in_memory[key], rtol=1e-5)
+    assert in_memory["epoch"] == [1, 2, 3]
+    assert in_memory["loss"][-1] < in_memory["loss"][0]  # It learns.
+    saved = keras.models.load_model(tmp_path / "memory.keras")
+    assert [layer.name for layer in saved.layers][:4] == [
+        "image", "augmentation", "preprocessing", "backbone"]
+    validation = tfrecords.load_split(tiny_dataset, "validation", 8, training=False)
+    model_lib.compile_model(saved, 3, 1e-3)
+    loss = saved.evaluate(validation, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(min(in_memory["val_loss"]), rel=1e-4)
+    # Through the head model over the saved model's own layers, the same predictions.
+    images = np.concatenate([x for x, _ in validation.as_numpy_iterator()])
+    head = features.head_model(saved)
+    through_head = head.predict(
+        features.FeatureExtractor(saved, augment=False).predict(images, verbose=0), verbose=0)
+    np.testing.assert_allclose(through_head, saved.predict(images, verbose=0), atol=1e-6)
+    assert not (tmp_path / "memory.state").exists() and not (tmp_path / "disk.state").exists()
+
+
+def test_zero_views_trains_on_images_with_the_same_history_keys(tmp_path, tiny_dataset,
+                                                                capsys):
+    weights = calibrated_backbone(tmp_path / "backbone.weights.h5")
+    on_images = train_with_views(tmp_path, tiny_dataset, weights, "images", 0, epochs=2)
+    assert "cached features" not in capsys.readouterr().out
+    on_features = train_with_views(tmp_path, tiny_dataset, weights, "features", 2, epochs=2,
+                                   lr_schedule="cosine")
+    assert set(on_features) == set(on_images) >= {
+        "epoch", "loss", "val_loss", "accuracy", "val_accuracy", "learning_rate",
+        "epoch_seconds"}
+    assert on_features["learning_rate"][1] < 1e-2  # The schedule works on the head model.
+    assert list((tmp_path / "features.tb").rglob("events.out.tfevents.*"))
+
+
+def test_views_differ_under_augmentation_and_repeat_with_the_seed(tmp_path, tiny_dataset):
+    """Each view is a fresh augmentation; validation features are not augmented; a process
+    started again with the same seed extracts the same features (what resuming relies on)."""
+    weights = calibrated_backbone(tmp_path / "backbone.weights.h5")
+
+    def extract(folder: Path, augmentation: model_lib.Augmentation):
+        keras.utils.set_random_seed(7)
+        model = model_lib.build_model(3, "MobileNetV2", 32, weights,
+                                      augmentation=augmentation)
+        folder.mkdir()
+        cached = features.extract(model, str(tiny_dataset), 2, 8, 8, 2048, str(folder))
+        views = [np.fromfile(path, np.float32).reshape(18, 1280)
+                 for path in cached.train_files]
+        return cached, views, np.fromfile(cached.validation_file, np.float32)
+
+    strong = model_lib.Augmentation(flip="horizontal", rotation=0.1, zoom=0.1)
+    cached, views, validation = extract(tmp_path / "a", strong)
+    assert cached.in_memory and cached.shape == (1280,)
+    assert np.abs(views[0] - views[1]).max() > 0.01 * np.abs(views[0]).max()
+    _, again, validation_again = extract(tmp_path / "b", strong)
+    np.testing.assert_array_equal(views[0], again[0])
+    np.testing.assert_array_equal(views[1], again[1])
+    np.testing.assert_array_equal(validation, validation_again)
+    # Labels in the order the split is read, the same for every view.
+    labels = np.concatenate([y for _, y in tfrecords.load_split(
+        tiny_dataset, "train", 8, training=False).as_numpy_iterator()])
+    np.testing.assert_array_equal(cached.train_labels, labels)
+    # Without augmentation the views are the unaugmented features.
+    _, plain, _ = extract(tmp_path / "c", model_lib.Augmentation(flip="none"))
+    np.testing.assert_allclose(plain[0], plain[1], atol=1e-6)
+    assert np.abs(views[0] - plain[0]).max() > 0.01 * np.abs(plain[0]).max()
+
+
+def test_each_epoch_draws_one_view_per_image(tmp_path):
+    """The train dataset yields every image once per epoch, shuffled, its view drawn at
+    random: over epochs both views of an image appear."""
+    folder = tmp_path
+    views = [np.full((6, 2), view, np.float32) + np.arange(6, dtype=np.float32)[:, None] * 10
+             for view in range(2)]
+    for view, array in enumerate(views):
+        array.tofile(folder / f"v{view}.f32")
+    cached = features.CachedFeatures([str(folder / "v0.f32"), str(folder / "v1.f32")],
+                                     str(folder / "v0.f32"), np.arange(6), np.arange(6),
+                                     (2,), True, 0.0, 0.0)
+    dataset = features.train_dataset(cached, 4, seed=1)
+    seen = set()
+    for _ in range(6):
+        x, y = map(np.concatenate, zip(*dataset.as_numpy_iterator()))
+        assert sorted(y) == list(range(6))
+        np.testing.assert_array_equal(x[:, 0] // 10, y)  # Each row is its image's.
+        seen |= {(int(label), int(row[0] % 10)) for label, row in zip(y, x)}
+    assert seen == {(image, view) for image in range(6) for view in range(2)}
 
 
 def test_fit_ends_with_the_best_validation_weights(tmp_path, tiny_dataset):
@@ -117,13 +247,21 @@ def test_learning_rate_is_logged_under_a_schedule(tmp_path, tiny_dataset):
 
 TRAIN_SCRIPT = """
 import sys
+import time
+import keras
 from components import model as model_lib, training
-dataset, out, state, weights = sys.argv[1:]
+dataset, out, state, weights, views = sys.argv[1:]
+if int(views):  # Epochs on cached features take milliseconds: give the kill time to land.
+    class Slow(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            time.sleep(0.1)
+    make_callbacks = training.make_callbacks
+    training.make_callbacks = lambda *args: make_callbacks(*args) + [Slow()]
 options = training.FitOptions(epochs=12, batch_size=8, early_stopping_patience=100,
                               target_accuracy=1.01)
 training.train(dataset, out + "/m.keras", out + "/h.json", "MobileNetV2", weights,
                model_lib.Head(), model_lib.Augmentation(), 1e-3, options, state,
-               tensorboard_dir=out + "/tensorboard")
+               tensorboard_dir=out + "/tensorboard", head_feature_views=int(views))
 """
 
 
@@ -146,23 +284,27 @@ def tensorboard_epochs(log_dir: Path) -> list[int]:
                   if any(value.tag == "epoch_loss" for value in event.summary.value))
 
 
-@pytest.mark.parametrize("backend, location", [
-    ("tensorflow", "local"), ("jax", "local"), ("tensorflow", "s3"), ("tensorflow", "gcs")])
+@pytest.mark.parametrize("backend, location, views", [
+    ("tensorflow", "local", 0), ("jax", "local", 0), ("tensorflow", "s3", 0),
+    ("tensorflow", "gcs", 0), ("tensorflow", "local", 2), ("jax", "s3", 2)])
 def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path, tiny_dataset,
-                                                                  backend, location, request):
+                                                                  backend, location, views,
+                                                                  request):
     """As on a preempted spot node: SIGKILL part-way, start again, it carries on. With the
-    state in a bucket the second process starts on an empty disk, as a pod on another node."""
+    state in a bucket the second process starts on an empty disk, as a pod on another node.
+    With head_feature_views the restarted process extracts the features again and resumes
+    the head from its backup."""
     remote = location != "local"
     weights = "none"
     # A frozen backbone: JAX compiles in seconds rather than minutes, and each epoch's backup
     # sent to the bucket holds no optimizer state for it (9 MB rather than 27 MB).
-    if backend == "jax" or remote:
+    if backend == "jax" or remote or views:
         weights = str(tmp_path / "backbone.weights.h5")
         backbones.build_backbone("MobileNetV2", 32, "none").save_weights(weights)
     state = (request.getfixturevalue(f"{location}_bucket") + "/run/model.state" if remote
              else str(tmp_path / "state"))
     command = [sys.executable, "-c", TRAIN_SCRIPT, str(tiny_dataset), str(tmp_path), state,
-               weights]
+               weights, str(views)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "KERAS_BACKEND": backend}
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -182,6 +324,7 @@ def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path, tiny
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "epoch(s) already done" in second.stdout
+    assert ("head on cached features: 2 augmented view(s)" in second.stdout) == bool(views)
     epochs_run = [int(line.split()[1].split("/")[0]) for line in second.stdout.splitlines()
                   if line.startswith("Epoch ")]
     # Locally the history may be one epoch ahead of the backup (killed between the two).
@@ -212,7 +355,7 @@ accelerators.replica_devices = lambda: devices  # As if these were GPUs.
 options = training.FitOptions(epochs=2, batch_size=8, target_accuracy=1.01)
 training.train(dataset, out + "/m.keras", out + "/h.json", "MobileNetV2", weights,
                model_lib.Head(), model_lib.Augmentation(), 1e-3, options, out + "/state1",
-               tensorboard_dir=out + "/tensorboard")
+               tensorboard_dir=out + "/tensorboard", head_feature_views=2)
 training.fine_tune(dataset, out + "/m.keras", out + "/h.json", out + "/m2.keras",
                    out + "/h2.json", "10", 1e-5, options, out + "/state2",
                    tensorboard_dir=out + "/tensorboard")
@@ -222,7 +365,8 @@ training.fine_tune(dataset, out + "/m.keras", out + "/h.json", out + "/m2.keras"
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_train_and_fine_tune_on_two_replicas(tmp_path, tiny_dataset, backend):
     """The multi-GPU path (MirroredStrategy, DataParallel) on two CPU devices, with every
-    callback; the saved models load and predict outside any strategy. The validation split
+    callback, train on cached features and fine_tune on images; the saved models load and
+    predict outside any strategy. The validation split
     (6 images) is smaller than a batch (8), which Keras's build under MirroredStrategy once
     failed on."""
     weights = str(tmp_path / "backbone.weights.h5")  # Frozen backbone: JAX compiles fast.
@@ -234,6 +378,8 @@ def test_train_and_fine_tune_on_two_replicas(tmp_path, tiny_dataset, backend):
         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("data parallel over 2 replicas") == 2  # Train, fine_tune.
+    # train's head on features extracted on both replicas; fine_tune on images.
+    assert "head on cached features: 2 augmented view(s) of 18 train images" in run.stdout
     images = np.zeros((2, 32, 32, 3), "uint8")
     for model_file, history_file, epochs in [("m.keras", "h.json", [1, 2]),
                                              ("m2.keras", "h2.json", [3, 4])]:
