@@ -9,6 +9,7 @@ import contextlib
 import functools
 import importlib.metadata
 import os
+from collections.abc import Callable
 
 import keras
 
@@ -106,7 +107,8 @@ def _why_no_gpu(backend: str) -> str:
             "device in the container).")
 
 
-def check_required_gpus(backend: str, found: list[str], seen: list[str]) -> None:
+def check_required_gpus(backend: str, found: list[str],
+                        seen: Callable[[], list[str]] = devices_seen) -> None:
     """Fails when the step was compiled for GPUs (configs.REQUIRE_GPU_ENV holds their count)
     but the backend found none: training on the CPU instead would only be slow and silent.
     Fewer GPUs than asked for only warn (CUDA_VISIBLE_DEVICES may narrow them on purpose)."""
@@ -124,7 +126,7 @@ def check_required_gpus(backend: str, found: list[str], seen: list[str]) -> None
     raise TlpError(
         f"{configs.REQUIRE_GPU_ENV}={value}: this step was compiled to train on {wanted} "
         f"GPU(s), but Keras's {backend} backend finds no GPU; it sees only "
-        f"{', '.join(seen) or 'no device'}. {_why_no_gpu(backend)}{visible} Likely fixes: "
+        f"{', '.join(seen()) or 'no device'}. {_why_no_gpu(backend)}{visible} Likely fixes: "
         f"run the step in the GPU image ({configs.GPU_IMAGE_NAME}: CUDA TensorFlow and "
         "jax[cuda12]); check the node's NVIDIA driver and the NVIDIA device plugin (the node's "
         "allocatable nvidia.com/gpu; nvidia-smi in the step's container); or compile with "
@@ -153,7 +155,7 @@ def configure(mixed_precision: str) -> str:
     found = gpus()
     names = [name for name, _ in found]
     print(f"accelerators: training on {describe_devices(names)}", flush=True)
-    check_required_gpus(backend, names, devices_seen())
+    check_required_gpus(backend, names)
     policy = choose_policy(mixed_precision, [capability for _, capability in found])
     keras.mixed_precision.set_global_policy(policy)
     print(f"accelerators: Keras backend {backend}, {len(found)} GPU(s), "

@@ -95,17 +95,17 @@ def test_jax_without_its_cuda_plugin_is_named(monkeypatch):
             r"compiled to train on 2 GPU\(s\), but Keras's jax backend finds no GPU; it sees "
             r"only cpu:0\. jax \S+ has no CUDA plugin installed .*CPU-only build; the GPU image "
             r"installs jax\[cuda12\]==\S+\. CUDA_VISIBLE_DEVICES=''\. Likely fixes")):
-        accelerators.check_required_gpus("jax", [], ["cpu:0"])
+        accelerators.check_required_gpus("jax", [], lambda: ["cpu:0"])
     monkeypatch.setattr(accelerators, "_installed",
                         lambda name: "0.10.2" if name == "jax-cuda12-plugin" else None)
     with pytest.raises(TlpError, match=r"CUDA plugin \(jax-cuda12-plugin 0\.10\.2\) but the "
                                        r"plugin found no usable GPU"):
-        accelerators.check_required_gpus("jax", [], ["cpu:0"])
+        accelerators.check_required_gpus("jax", [], lambda: ["cpu:0"])
 
 
 def test_gpus_found_pass_the_check_and_are_printed(monkeypatch, capsys):
     monkeypatch.setenv(configs.REQUIRE_GPU_ENV, "2")
-    accelerators.check_required_gpus("jax", ["cuda:0 (NVIDIA H100 80GB HBM3)"], [])
+    accelerators.check_required_gpus("jax", ["cuda:0 (NVIDIA H100 80GB HBM3)"])
     assert "TLP_REQUIRE_GPU=2 but jax sees 1 GPU(s)" in capsys.readouterr().out
     assert accelerators.describe_devices(["cuda:0 (NVIDIA H100 80GB HBM3)"]) \
         == "1 device(s): cuda:0 (NVIDIA H100 80GB HBM3)"
