@@ -43,7 +43,7 @@ image-cpu:
 
 image-gpu:
 	$(BUILD) --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) --build-arg TENSORFLOW_FROM_BASE=true \
-		-t $(call image,GPU) .
+		--build-arg EXTRAS=gpu -t $(call image,GPU) .
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

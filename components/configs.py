@@ -26,6 +26,10 @@ GPU_COUNT = 1
 # for ever. The toleration matches the taint GKE and most GPU node pools carry.
 GPU_NODE_SELECTOR: dict[str, str] = {}
 GPU_TOLERATIONS = ("nvidia.com/gpu:NoSchedule",)
+# Set on the GPU steps of a pipeline compiled with GPUs (value: their count): train and
+# fine_tune then fail with a clear error when their backend finds no GPU, rather than
+# train on the CPU (components/accelerators.py, check_required_gpus).
+REQUIRE_GPU_ENV = "TLP_REQUIRE_GPU"
 # (CPU, memory) requested by each step; the GPU steps hold the decoded-image cache.
 STEP_RESOURCES = {
     "preprocess": ("2", "4Gi"),

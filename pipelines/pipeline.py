@@ -32,7 +32,8 @@ class ClusterOptions:
 
     gpu_count GPUs of gpu_resource go to train and fine_tune, which then run in the GPU image,
     on nodes with the gpu_node_selector labels, tolerating gpu_tolerations (KEY[=VALUE][:EFFECT]);
-    with gpu_count 0 they run in the CPU image anywhere. resources: step -> (CPU, memory)
+    with gpu_count 0 they run in the CPU image anywhere. With GPUs, train and fine_tune also
+    get configs.REQUIRE_GPU_ENV (the GPU count): they fail if their backend finds no GPU. resources: step -> (CPU, memory)
     requests. retries: attempts after a failure of train or fine_tune. Only preprocess is ever
     cached (cache_preprocess); the other steps always run. Images come from image_registry.
     preprocess_parallelism: 1 runs preprocess as one step; N > 1 fans it out over N pods
@@ -103,6 +104,8 @@ class ClusterOptions:
                            backoff_max_duration=configs.RETRY_BACKOFF_MAX)
         if gpu:
             task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(self.gpu_count)
+            # The step fails rather than train on the CPU if its backend finds no GPU.
+            task.set_env_variable(configs.REQUIRE_GPU_ENV, str(self.gpu_count))
             for key, value in self.gpu_node_selector.items():
                 kubernetes.add_node_selector(task, key, value)
             for text in self.gpu_tolerations:

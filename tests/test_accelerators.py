@@ -1,7 +1,7 @@
 import keras
 import pytest
 
-from components import accelerators
+from components import accelerators, configs
 from components.errors import TlpError
 
 
@@ -63,3 +63,49 @@ def test_jax_needs_splits_that_divide_evenly(monkeypatch):
 def test_one_device_keeps_the_batch_size():
     assert accelerators.replicas_in_use() == 1
     assert accelerators.replica_batch_size(9, 4, "validation") == 9
+
+
+def test_cpu_only_prints_that_it_trains_on_the_cpu(monkeypatch, capsys):
+    monkeypatch.delenv(configs.REQUIRE_GPU_ENV, raising=False)
+    accelerators.configure("auto")
+    assert "accelerators: training on CPU\n" in capsys.readouterr().out
+
+
+def test_a_step_compiled_for_gpus_fails_without_one(monkeypatch):
+    """tensorflow-cpu, as in this venv and the CPU image: the message says why and what to do."""
+    monkeypatch.setenv(configs.REQUIRE_GPU_ENV, "1")
+    with pytest.raises(TlpError, match=(
+            r"TLP_REQUIRE_GPU=1: this step was compiled to train on 1 GPU\(s\), but Keras's "
+            r"tensorflow backend finds no GPU; it sees only CPU:0\. TensorFlow 2\.21\.0 is "
+            r"built without CUDA .*GPU image \(tlp-gpu.*device plugin.*--gpu-count 0")):
+        accelerators.configure("auto")
+
+
+@pytest.mark.parametrize("value", ["", "0"])
+def test_no_gpu_is_required_unless_compiled_for_one(monkeypatch, value):
+    monkeypatch.setenv(configs.REQUIRE_GPU_ENV, value)
+    assert accelerators.configure("auto") == "float32"
+
+
+def test_jax_without_its_cuda_plugin_is_named(monkeypatch):
+    monkeypatch.setenv(configs.REQUIRE_GPU_ENV, "2")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(accelerators, "_installed", lambda name: None)
+    with pytest.raises(TlpError, match=(
+            r"compiled to train on 2 GPU\(s\), but Keras's jax backend finds no GPU; it sees "
+            r"only cpu:0\. jax \S+ has no CUDA plugin installed .*CPU-only build; the GPU image "
+            r"installs jax\[cuda12\]==\S+\. CUDA_VISIBLE_DEVICES=''\. Likely fixes")):
+        accelerators.check_required_gpus("jax", [], lambda: ["cpu:0"])
+    monkeypatch.setattr(accelerators, "_installed",
+                        lambda name: "0.10.2" if name == "jax-cuda12-plugin" else None)
+    with pytest.raises(TlpError, match=r"CUDA plugin \(jax-cuda12-plugin 0\.10\.2\) but the "
+                                       r"plugin found no usable GPU"):
+        accelerators.check_required_gpus("jax", [], lambda: ["cpu:0"])
+
+
+def test_gpus_found_pass_the_check_and_are_printed(monkeypatch, capsys):
+    monkeypatch.setenv(configs.REQUIRE_GPU_ENV, "2")
+    accelerators.check_required_gpus("jax", ["cuda:0 (NVIDIA H100 80GB HBM3)"])
+    assert "TLP_REQUIRE_GPU=2 but jax sees 1 GPU(s)" in capsys.readouterr().out
+    assert accelerators.describe_devices(["cuda:0 (NVIDIA H100 80GB HBM3)"]) \
+        == "1 device(s): cuda:0 (NVIDIA H100 80GB HBM3)"

@@ -63,7 +63,8 @@ def test_every_cluster_setting_reaches_the_compiled_specs(tmp_path):
         image = "tlp-gpu" if step in GPU else "tlp-cpu"
         assert container["image"] == f"registry.example.com:5000/ml/{image}:{configs.VERSION}"
         assert [dict(env) for env in container["env"]] \
-            == [{"name": "AWS_ENDPOINT_URL_S3", "value": "http://minio-service.kubeflow:9000"}]
+            == [{"name": "AWS_ENDPOINT_URL_S3", "value": "http://minio-service.kubeflow:9000"}] \
+            + ([{"name": configs.REQUIRE_GPU_ENV, "value": "2"}] if step in GPU else [])
         assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) \
             == options.resources[step]
         if step in GPU:
@@ -110,7 +111,11 @@ def test_defaults_come_from_configs(tmp_path):
     train_k8s = kubernetes["exec-train"]
     assert train_k8s.image_pull_policy == configs.IMAGE_PULL_POLICY
     assert not train_k8s.image_pull_secret and not train_k8s.node_selector.labels
-    assert not train_k8s.secret_as_env and "env" not in train
+    assert not train_k8s.secret_as_env
+    # The GPU steps fail rather than train on the CPU if they find no GPU.
+    assert [dict(env) for env in train["env"]] \
+        == [{"name": configs.REQUIRE_GPU_ENV, "value": str(configs.GPU_COUNT)}]
+    assert "env" not in spec.deployment_spec["executors"]["exec-evaluate"]["container"]
     assert [(t.key, t.operator, t.effect) for t in train_k8s.tolerations] \
         == [("nvidia.com/gpu", "Exists", "NoSchedule")]
     assert not kubernetes["exec-preprocess"].tolerations
@@ -124,6 +129,7 @@ def test_without_gpus_training_runs_in_the_cpu_image_on_any_node(tmp_path):
         container = spec.deployment_spec["executors"][EXECUTORS[step]]["container"]
         assert "accelerator" not in container["resources"]
         assert container["image"] == configs.CPU_IMAGE
+        assert "env" not in container  # No GPU to require.
         config = kubernetes[EXECUTORS[step]]
         assert not config.node_selector.labels and not config.tolerations
         assert tasks[step].retry_policy.max_retry_count == configs.RETRIES

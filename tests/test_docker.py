@@ -2,11 +2,14 @@
 compared with the subprocess run (`local_run`). The tests marked docker need a Docker engine
 and the image (`make image-cpu`); the default suite leaves them out and CI runs them in a session
 of their own with the other tests that use local_run (.ci/run)."""
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
 import shutil
 import time
+import tomllib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,6 +22,76 @@ from conftest import e2e_arguments
 from pipelines import local_docker, runner
 
 STEPS = ("preprocess", "train", "fine-tune", "evaluate", "export")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def requirements_script():
+    """docker/requirements.py as a module (a `docker` package name would shadow docker-py)."""
+    spec = importlib.util.spec_from_file_location("tlp_docker_requirements",
+                                                  ROOT / "docker" / "requirements.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def pins(lines: list[str]) -> dict[str, str]:
+    """{requirement without version: version} of the == pins, markers dropped."""
+    return dict(line.split(";")[0].strip().split("==") for line in lines)
+
+
+def test_the_cpu_image_installs_cpu_only_tensorflow_and_jax():
+    script = requirements_script()
+    cpu = script.requirements(PYPROJECT)
+    assert cpu == PYPROJECT["project"]["dependencies"]
+    versions = pins(cpu)
+    assert versions["tensorflow-cpu"] == "2.21.0"
+    assert versions["jax"] == versions["jaxlib"] == "0.10.2"
+    assert not [line for line in cpu if "cuda" in line]
+
+
+def test_the_gpu_image_installs_the_cuda_build_of_the_pinned_jax():
+    """Base TensorFlow kept, jax replaced by jax[cudaNN] of the same version, NN the CUDA
+    major version of TensorFlow's own CUDA wheels (its and-cuda extra)."""
+    script = requirements_script()
+    gpu = script.requirements(PYPROJECT, tensorflow_from_base=True, extras=("gpu",))
+    cpu = pins(script.requirements(PYPROJECT))
+    versions = pins(gpu)
+    assert not [line for line in gpu if line.startswith("tensorflow==")
+                or line.startswith("tensorflow-cpu")]
+    assert "jax" not in versions
+    [jax_cuda] = [name for name in versions if name.startswith("jax[")]
+    assert versions[jax_cuda] == cpu["jax"] == versions["jaxlib"]  # One version of JAX.
+    tensorflow_cuda = {re.search(r"-cu(\d+)", line)[1] for line in
+                       importlib.metadata.requires("tensorflow-cpu") if "and-cuda" in line}
+    assert jax_cuda == f"jax[cuda{tensorflow_cuda.pop()}]" and not tensorflow_cuda
+    # Everything else as in the CPU image.
+    assert {k: v for k, v in versions.items() if k != jax_cuda} \
+        == {k: v for k, v in cpu.items() if k not in ("tensorflow", "tensorflow-cpu", "jax")}
+
+
+def test_the_image_check_names_what_is_missing(capsys):
+    script = requirements_script()
+    assert script.main(["--check", str(ROOT / "pyproject.toml")]) == 0  # This venv: CPU.
+    assert script.main(["--check", "--tensorflow-from-base", "true", "--extras", "gpu",
+                        str(ROOT / "pyproject.toml")]) == 1
+    assert capsys.readouterr().err \
+        == "requirements: jax-cuda12-plugin==0.10.2 wanted, not installed\n"
+    with pytest.raises(SystemExit, match="unknown extra.*tpu"):
+        script.requirements(PYPROJECT, extras=("tpu",))
+
+
+def test_make_builds_the_gpu_image_with_the_gpu_extra():
+    makefile = (ROOT / "Makefile").read_text()
+    gpu = makefile[makefile.index("\nimage-gpu:"):]
+    assert "--build-arg TENSORFLOW_FROM_BASE=true" in gpu and "--build-arg EXTRAS=gpu" in gpu
+    cpu = makefile[makefile.index("\nimage-cpu:"):makefile.index("\nimage-gpu:")]
+    assert "EXTRAS" not in cpu
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "ARG EXTRAS=\n" in dockerfile  # Empty by default: the CPU image.
+    assert "!docker/requirements.py" in (ROOT / "docker/Dockerfile.dockerignore").read_text()
 
 
 def test_a_clear_error_when_no_docker_engine_answers(monkeypatch, tmp_path):

@@ -1,0 +1,97 @@
+"""The GPU benchmark (bench/gpu.py) and the training-throughput benchmark it runs, with tiny
+settings on this CPU: the in-process measurement of both input paths (tf.data, and one
+batch from memory where TensorFlow is absent, as on a GPU machine with JAX alone), the
+augmentation arms and the verdicts."""
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# bench/ is no installed package, and the repo root on sys.path would put docker/ ahead of
+# docker-py (Makefile, test): register the bench package alone.
+_BENCH = Path(__file__).resolve().parents[1] / "bench"
+_spec = importlib.util.spec_from_file_location("bench", _BENCH / "__init__.py",
+                                               submodule_search_locations=[str(_BENCH)])
+sys.modules.setdefault("bench", importlib.util.module_from_spec(_spec))
+from bench import gpu, train_throughput  # noqa: E402
+from components import configs, fashion_mnist  # noqa: E402
+
+
+def test_the_augmentation_arms_are_the_pipeline_defaults_and_none():
+    default, none = train_throughput.augmentation(True), train_throughput.augmentation(False)
+    assert (default.flip, default.rotation, default.zoom, default.contrast) == (
+        configs.AUGMENT_FLIP, configs.AUGMENT_ROTATION, configs.AUGMENT_ZOOM,
+        configs.AUGMENT_CONTRAST)
+    assert none.flip == "none" and none.layers() == []
+
+
+def test_noise_stands_in_for_missing_fashion_mnist(monkeypatch):
+    def missing(split):
+        raise fashion_mnist.TlpError("missing")
+
+    monkeypatch.setattr(fashion_mnist, "load", missing)
+    images, labels, source = train_throughput.source_images(3)
+    assert images.shape == (30, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [3] * 10 and source.startswith("random noise")
+
+
+@pytest.mark.parametrize("tensorflow", [True, False])
+def test_tiny_measurement_on_cpu(monkeypatch, capsys, tensorflow):
+    """The train phase only (fine_tune adds the same again: the CLI runs in the README)."""
+    monkeypatch.setattr(train_throughput, "PHASES", ("train",))
+    if not tensorflow:  # As on a GPU machine without TensorFlow: no tf.data pipeline.
+        monkeypatch.setattr(train_throughput, "installed", lambda module: False)
+    args = train_throughput.parser(**gpu.SETTINGS).parse_args(
+        ["--image-size", "32", "--images-per-class", "2", "--batch-size", "4", "--steps", "1",
+         "--repeats", "1"])
+    assert (args.batch_size, args.backend) == (4, ["jax", "tensorflow"])
+    result = train_throughput.measure(args)
+    assert "accelerators: training on CPU" in capsys.readouterr().out
+    assert (result["devices"], result["policy"], result["tensorflow"]) == (
+        ["CPU"], "float32", tensorflow)
+    assert list(result["rates"]) == ["train"]
+    for phase in train_throughput.PHASES:
+        rates = result["rates"][phase]
+        assert (rates["pipeline"] is not None) == tensorflow
+        assert rates["in_memory"] > 0 and rates["in_memory_no_augmentation"] > 0
+        jit = result["jit"][phase]
+        # TensorFlow on CPU: Keras turns XLA off for "auto"; without augmentation layers
+        # jit_compile=True would compile.
+        assert jit["no_augmentation"] == {"requested": "auto", "resolved": False,
+                                          "if_true": True, "after_fit": False}
+    train_throughput.report(args, [result])
+    table = capsys.readouterr().out
+    assert "augment share" in table and "train      tensorflow" in table
+
+
+def test_jit_compile_true_is_asked_of_keras(capsys):
+    args = argparse.Namespace(jit_compile="true")
+    from components import model as model_lib
+
+    model = model_lib.build_model(10, "MobileNetV2", 32, "none",
+                                  augmentation=train_throughput.augmentation(False))
+    model_lib.compile_model(model, 10, 1e-3)
+    assert train_throughput.jit_state(model, args.jit_compile) == {
+        "requested": "true", "resolved": True, "if_true": True}
+
+
+def result(backend, train_pipeline, train_memory):
+    rates = {"pipeline": train_pipeline, "in_memory": train_memory,
+             "in_memory_no_augmentation": train_memory}
+    return {"backend": backend, "devices": ["cuda:0 (NVIDIA H200)"], "rates": {"train": rates}}
+
+
+def test_the_targets_are_judged_on_what_was_measured():
+    assert gpu.targets([result("jax", 15_500, 16_000),
+                        {"backend": "tensorflow", "error": "tensorflow is not installed"}]) == [
+        "target JAX train (default augmentation, pipeline) >= 15,000 img/s: met: 15,500 img/s "
+        "on cuda:0 (NVIDIA H200)",
+        "target jax train: real pipeline >= 90% of in-memory: met: 0.97"]
+    assert gpu.targets([result("jax", None, 9_000)]) == [
+        "target JAX train (default augmentation, in-memory) >= 15,000 img/s: NOT met: "
+        "9,000 img/s on cuda:0 (NVIDIA H200)",
+        "target jax train: real pipeline >= 90% of in-memory: not measured (no TensorFlow, "
+        "so no tf.data)"]
