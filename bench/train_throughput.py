@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import fields
 from pathlib import Path
 
 if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("tensorflow") is None:
@@ -48,21 +47,6 @@ ARMS = ("pipeline", "in_memory", "in_memory_no_augmentation")
 
 def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-def augmentation(default: bool) -> model_lib.Augmentation:
-    """The pipeline's default augmentation (configs.AUGMENT_*), or none at all (no flip,
-    every strength 0)."""
-    values = {}
-    for field in fields(model_lib.Augmentation):
-        if default:
-            values[field.name] = getattr(configs, f"AUGMENT_{field.name.upper()}",
-                                         field.default)
-        elif field.name == "flip":
-            values[field.name] = "none"
-        elif not isinstance(field.default, str):  # fill_mode keeps its default.
-            values[field.name] = type(field.default)(0)
-    return model_lib.Augmentation(**values)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -179,10 +163,10 @@ def measure(args: argparse.Namespace) -> dict:
                                               args.batch_size), steps)
             pipeline = None
         models = {"augmented": model_lib.build_model(10, "MobileNetV2", args.image_size, "none",
-                                                     augmentation=augmentation(True)),
+                                                     augmentation=model_lib.Augmentation()),
                   "no_augmentation": model_lib.build_model(
                       10, "MobileNetV2", args.image_size, "none",
-                      augmentation=augmentation(False))}
+                      augmentation=model_lib.Augmentation.none())}
         for phase in PHASES:
             for model in models.values():
                 if phase == "fine_tune":

@@ -10,7 +10,7 @@ jax[cuda12]==X replaces jax==X: the same version, with its CUDA plugin).
         fails unless every pinned requirement is installed at its version (for jax[cudaNN],
         jax-cudaNN-plugin too): the image build checks what it installed
 
-Standard library only (and pip's vendored packaging for --check): it runs in the base image
+Standard library only (and `packaging` for --check): it runs in the base image
 before anything is installed.
 """
 import argparse
@@ -48,7 +48,10 @@ def check(lines: list[str]) -> list[str]:
     """The problems of this environment against `lines` (pinned with ==); [] if none."""
     import importlib.metadata
 
-    from pip._vendor.packaging.requirements import Requirement
+    try:  # Installed beside the requirements (keras needs it); Debian's pip de-vendors its own.
+        from packaging.requirements import Requirement
+    except ImportError:
+        from pip._vendor.packaging.requirements import Requirement
 
     def installed(name: str) -> str | None:
         try:

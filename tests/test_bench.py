@@ -17,15 +17,7 @@ _spec = importlib.util.spec_from_file_location("bench", _BENCH / "__init__.py",
                                                submodule_search_locations=[str(_BENCH)])
 sys.modules.setdefault("bench", importlib.util.module_from_spec(_spec))
 from bench import gpu, train_throughput  # noqa: E402
-from components import configs, fashion_mnist  # noqa: E402
-
-
-def test_the_augmentation_arms_are_the_pipeline_defaults_and_none():
-    default, none = train_throughput.augmentation(True), train_throughput.augmentation(False)
-    assert (default.flip, default.rotation, default.zoom, default.contrast) == (
-        configs.AUGMENT_FLIP, configs.AUGMENT_ROTATION, configs.AUGMENT_ZOOM,
-        configs.AUGMENT_CONTRAST)
-    assert none.flip == "none" and none.layers() == []
+from components import fashion_mnist  # noqa: E402
 
 
 def test_noise_stands_in_for_missing_fashion_mnist(monkeypatch):
@@ -72,7 +64,7 @@ def test_jit_compile_true_is_asked_of_keras(capsys):
     from components import model as model_lib
 
     model = model_lib.build_model(10, "MobileNetV2", 32, "none",
-                                  augmentation=train_throughput.augmentation(False))
+                                  augmentation=model_lib.Augmentation.none())
     model_lib.compile_model(model, 10, 1e-3)
     assert train_throughput.jit_state(model, args.jit_compile) == {
         "requested": "true", "resolved": True, "if_true": True}

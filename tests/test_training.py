@@ -164,7 +164,7 @@ def test_views_differ_under_augmentation_and_repeat_with_the_seed(tmp_path, tiny
         tiny_dataset, "train", 8, training=False).as_numpy_iterator()])
     np.testing.assert_array_equal(cached.train_labels, labels)
     # Without augmentation the views are the unaugmented features.
-    _, plain, _ = extract(tmp_path / "c", model_lib.Augmentation(flip="none"))
+    _, plain, _ = extract(tmp_path / "c", model_lib.Augmentation.none())
     np.testing.assert_allclose(plain[0], plain[1], atol=1e-6)
     assert np.abs(views[0] - plain[0]).max() > 0.01 * np.abs(plain[0]).max()
 
@@ -453,7 +453,7 @@ def test_a_model_trained_from_scratch_beats_chance_in_inference_mode(tmp_path):
     options = training.FitOptions(epochs=5, target_accuracy=1.01, early_stopping_patience=5)
     history = training.train(str(dataset), str(tmp_path / "m.keras"), str(tmp_path / "h.json"),
                              "MobileNetV2", "none", model_lib.Head(),
-                             model_lib.Augmentation(flip="none"), 1e-3, options,
+                             model_lib.Augmentation.none(), 1e-3, options,
                              str(tmp_path / "state"))
     assert history["accuracy"][-1] > 0.5
     model = keras.models.load_model(tmp_path / "m.keras")
