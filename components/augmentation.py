@@ -44,14 +44,15 @@ def sampling_matrices(forward):
 def _fill_index(index, size: int, fill_mode: str):
     """Integer sample positions outside [0, size) mapped as fill_mode says (scipy.ndimage's
     meanings), and a 0/1 weight that is 0 where 'constant' fills with zeros."""
-    inside = ops.cast(ops.logical_and(index >= 0, index < size), "float32")
     if fill_mode == "reflect":  # d c b a | a b c d | d c b a
         period = ops.mod(index, 2 * size)
         return ops.where(period < size, period, 2 * size - 1 - period), 1.0
     if fill_mode == "wrap":  # a b c d | a b c d | a b c d
         return ops.mod(index, size), 1.0
     clipped = ops.clip(index, 0, size - 1)
-    return clipped, inside if fill_mode == "constant" else 1.0
+    if fill_mode == "nearest":  # a a a | a b c d | d d d
+        return clipped, 1.0
+    return clipped, ops.cast(ops.logical_and(index >= 0, index < size), "float32")
 
 
 def warp(images, forward, fill_mode: str = "reflect"):
