@@ -6,6 +6,7 @@ import platform
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -53,13 +54,14 @@ def export_saved_model(model: keras.Model, class_names: list[str], image_size: i
     archive.write_out(str(path), verbose=False)
 
 
-def export_tflite(saved_model_dir: str | Path, path: str | Path, quantize: bool) -> None:
-    """The images signature as a TFLite model; quantize: dynamic-range (int8 weights)."""
+def export_tflite(saved_model_dir: str | Path, paths: dict[str, bool]) -> None:
+    """The images signature as TFLite models, {path: quantize}; quantize: dynamic-range (int8
+    weights). One converter for all: making one loads the SavedModel, seconds each time."""
     converter = tf.lite.TFLiteConverter.from_saved_model(
         str(saved_model_dir), signature_keys=[configs.SERVING_IMAGES_SIGNATURE])
-    if quantize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    Path(path).write_bytes(converter.convert())
+    for path, quantize in paths.items():
+        converter.optimizations = [tf.lite.Optimize.DEFAULT] if quantize else []
+        Path(path).write_bytes(converter.convert())
 
 
 def tflite_runner(tflite_path: str | Path):
@@ -72,44 +74,52 @@ def tflite_runner(tflite_path: str | Path):
 
 def tflite_probabilities(runner, images: np.ndarray) -> np.ndarray:
     """Runs a tflite_runner one image at a time (the converted batch size is 1)."""
-    return np.concatenate([runner(images=image[None])["probabilities"] for image in images])
+    return np.concatenate([runner(images=image[None].astype(np.float32))["probabilities"]
+                           for image in images])
 
 
-def tflite_agreement(model: keras.Model, tflite_path: str | Path,
-                     dataset_dir: str) -> dict:
-    """How often the TFLite model's top class is the Keras model's, on the whole test split,
-    and the largest probability difference."""
-    _, images = test_images(dataset_dir, limit=-1)
-    expected = keras.ops.convert_to_numpy(
-        model_lib.probabilities(model.predict(images, verbose=0)))
-    served = tflite_probabilities(tflite_runner(tflite_path), images)
-    return {"top1_agreement": float((served.argmax(1) == expected.argmax(1)).mean()),
-            "max_probability_difference": float(np.abs(served - expected).max()),
-            "size_bytes": Path(tflite_path).stat().st_size, "test_images": len(images)}
+@dataclass(frozen=True)
+class Reference:
+    """What the exported models are checked against: the test split's images, encoded and
+    decoded (uint8), and the Keras model's probabilities on them, computed once."""
+    encoded: list[bytes]
+    decoded: np.ndarray
+    probabilities: np.ndarray
 
 
-def test_images(dataset_dir: str, limit: int) -> tuple[list[bytes], np.ndarray]:
-    """Up to `limit` (-1: all) encoded test images and the same images decoded."""
-    records = tf.data.TFRecordDataset(tfrecords.shard_files(dataset_dir, "test")).take(limit)
+def keras_reference(model: keras.Model, dataset_dir: str, batch_size: int = 32) -> Reference:
+    records = tf.data.TFRecordDataset(tfrecords.shard_files(dataset_dir, "test"))
     encoded = [tf.io.parse_single_example(r, {configs.KEY_ENCODED: tf.io.FixedLenFeature(
         [], tf.string)})[configs.KEY_ENCODED].numpy() for r in records]
     decoded = np.stack([tf.io.decode_jpeg(b, channels=3).numpy() for b in encoded])
-    return encoded, decoded.astype(np.float32)
+    batches = [decoded[i:i + batch_size].astype(np.float32)
+               for i in range(0, len(decoded), batch_size)]
+    probabilities = keras.ops.convert_to_numpy(
+        model_lib.probabilities(model_lib.predict_batches(model, batches)))
+    return Reference(encoded, decoded, probabilities)
 
 
-def verify_saved_model(model: keras.Model, saved_model_dir: str | Path, dataset_dir: str,
-                       limit: int = 64, tolerance: float = 1e-4) -> float:
-    """Reloads the SavedModel and checks it predicts what the Keras model does on test
-    images. Returns the largest probability difference."""
-    encoded, decoded = test_images(dataset_dir, limit)
+def tflite_agreement(reference: Reference, tflite_path: str | Path) -> dict:
+    """How often the TFLite model's top class is the Keras model's, on the whole test split,
+    and the largest probability difference."""
+    expected = reference.probabilities
+    served = tflite_probabilities(tflite_runner(tflite_path), reference.decoded)
+    return {"top1_agreement": float((served.argmax(1) == expected.argmax(1)).mean()),
+            "max_probability_difference": float(np.abs(served - expected).max()),
+            "size_bytes": Path(tflite_path).stat().st_size,
+            "test_images": len(reference.decoded)}
+
+
+def verify_saved_model(reference: Reference, saved_model_dir: str | Path, limit: int = 64,
+                       tolerance: float = 1e-4) -> float:
+    """Reloads the SavedModel and checks it predicts what the Keras model does on the first
+    `limit` test images, sent encoded. Returns the largest probability difference."""
     serving = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
-    served = serving(image_bytes=tf.constant(encoded))["probabilities"].numpy()
-    expected = keras.ops.convert_to_numpy(
-        model_lib.probabilities(model.predict(decoded, verbose=0)))
-    difference = float(np.abs(served - expected).max())
+    served = serving(image_bytes=tf.constant(reference.encoded[:limit]))["probabilities"]
+    difference = float(np.abs(served.numpy() - reference.probabilities[:limit]).max())
     if difference > tolerance:
         raise TlpError(f"the exported SavedModel disagrees with the Keras model by {difference}"
-                       f" (tolerance {tolerance}) on {len(encoded)} test images.")
+                       f" (tolerance {tolerance}) on {len(served)} test images.")
     return difference
 
 
@@ -237,11 +247,12 @@ def export(model_path: str, dataset_dir: str, output_dir: str, backbone: str = "
     export_saved_model(model, metadata["class_names"], metadata["image_size"], saved_model_dir)
     model.save(out / configs.KERAS_MODEL_FILE)
     (out / configs.LABELS_FILE).write_text("\n".join(metadata["class_names"]) + "\n")
-    difference = verify_saved_model(model, saved_model_dir, dataset_dir)
-    tflite = {}
-    for name, quantize in ((configs.TFLITE_FILE, False), (configs.TFLITE_QUANTIZED_FILE, True)):
-        export_tflite(saved_model_dir, out / name, quantize)
-        tflite[name] = tflite_agreement(model, out / name, dataset_dir)
+    checks = keras_reference(model, dataset_dir)
+    difference = verify_saved_model(checks, saved_model_dir)
+    tflite_files = {configs.TFLITE_FILE: False, configs.TFLITE_QUANTIZED_FILE: True}
+    export_tflite(saved_model_dir, {out / name: quantize
+                                    for name, quantize in tflite_files.items()})
+    tflite = {name: tflite_agreement(checks, out / name) for name in tflite_files}
     card = model_card(model, metadata, backbone, evaluation or {}, histories or {}, tflite)
     (out / configs.MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
     print(f"export: SavedModel matches the Keras model (max difference {difference:.2e}); "

@@ -30,23 +30,27 @@ RECORD_DTYPE = np.float32
 
 
 class FeatureExtractor(keras.Model):
-    """A full model's augmentation (active: training=True, whatever predict passes), backbone
-    preprocessing, frozen backbone (inference mode) and pooling layer: images -> features.
-    augment=False leaves the augmentation out (validation features)."""
+    """A full model's augmentation, backbone preprocessing, frozen backbone (inference mode)
+    and pooling layer: (images, augment) -> features, where augment, one flag per image,
+    applies the augmentation (training=True, whatever predict passes). One compiled function
+    thus serves the augmented train views and the unaugmented validation split: tracing a
+    second one cost about as much as extracting 200 images on the demo's CPU."""
 
-    def __init__(self, model: keras.Model, augment: bool, **kwargs):
+    def __init__(self, model: keras.Model, **kwargs):
         super().__init__(**kwargs)
         names = [layer.name for layer in model.layers]
-        self.augmentation = (model.get_layer("augmentation")
-                             if augment and "augmentation" in names else None)
+        self.augmentation = (model.get_layer("augmentation") if "augmentation" in names
+                             else None)
         self.preprocessing = model.get_layer("preprocessing")
         self.backbone = model_lib.backbone_of(model)
         self.pooling = model_lib.head_layers(model)[0]
 
-    def call(self, images):
+    def call(self, inputs):
+        images, augment = inputs
         x = keras.ops.cast(images, "float32")
         if self.augmentation is not None:
-            x = self.augmentation(x, training=True)
+            x = keras.ops.where(keras.ops.reshape(augment, (-1, 1, 1, 1)),
+                                self.augmentation(x, training=True), x)
         x = self.backbone(self.preprocessing(x), training=False)
         return keras.ops.cast(self.pooling(x), "float32")
 
@@ -85,11 +89,11 @@ class CachedFeatures:
         return math.prod(self.shape) * np.dtype(RECORD_DTYPE).itemsize
 
 
-def _extract_split(extractor: FeatureExtractor, images: tf.data.Dataset, path: Path,
-                   chunk_batches: int) -> np.ndarray:
-    """Writes the features of every batch of `images` to `path` (float32 records, in order)
-    and returns the labels, in the same order. predict runs over chunks of the dataset's
-    batches, so at most one chunk of features is in memory."""
+def _extract_split(extractor: FeatureExtractor, images: tf.data.Dataset, augment: bool,
+                   path: Path, chunk_batches: int) -> np.ndarray:
+    """Writes the features of every batch of `images` (augmented or not) to `path` (float32
+    records, in order) and returns the labels, in the same order. At most one chunk of
+    batches' features is in memory."""
     iterator = iter(images)
     labels = []
     with open(path, "wb") as out:
@@ -98,10 +102,8 @@ def _extract_split(extractor: FeatureExtractor, images: tf.data.Dataset, path: P
             if not chunk:
                 return np.concatenate(labels) if labels else np.zeros([0], np.int64)
             labels += [np.asarray(label) for _, label in chunk]
-            # A generator of (images,) tuples: Keras runs it through its compiled predict
-            # function, distributed like fit's batches under a distribution scope.
-            batches = ((np.asarray(image),) for image, _ in chunk)
-            features = extractor.predict(batches, steps=len(chunk), verbose=0)
+            inputs = [(np.asarray(image), np.full(len(image), augment)) for image, _ in chunk]
+            features = model_lib.predict_batches(extractor, inputs)
             out.write(np.ascontiguousarray(features, RECORD_DTYPE).tobytes())
 
 
@@ -117,8 +119,7 @@ def extract(model: keras.Model, dataset_dir: str, views: int, train_batch: int,
     metadata = tfrecords.read_metadata(dataset_dir)
     counts = metadata["num_examples"]
     megabytes = (views * counts["train"] + counts["validation"]) * record_bytes / 2**20
-    augmented = FeatureExtractor(model, augment=True, name="augmented_features")
-    plain = FeatureExtractor(model, augment=False, name="features")
+    extractor = FeatureExtractor(model, name="features")
     train_files, train_labels = [], None
     # Read in the same order every time (training=False: no shuffling, deterministic);
     # decoded images are cached for the next views when the split fits the budget.
@@ -126,7 +127,7 @@ def extract(model: keras.Model, dataset_dir: str, views: int, train_batch: int,
                                   cache_budget_mb=cache_budget_mb)
     for view in range(views):
         path = Path(folder, f"train-view-{view}.f32")
-        labels = _extract_split(augmented, images, path,
+        labels = _extract_split(extractor, images, True, path,
                                 _chunk_batches(train_batch, record_bytes))
         if train_labels is not None and not np.array_equal(labels, train_labels):
             raise RuntimeError("the train split was read in a different order for two views")
@@ -135,7 +136,7 @@ def extract(model: keras.Model, dataset_dir: str, views: int, train_batch: int,
     images = tfrecords.load_split(dataset_dir, "validation", validation_batch, training=False,
                                   cache_budget_mb=0)
     validation_file = Path(folder, "validation.f32")
-    validation_labels = _extract_split(plain, images, validation_file,
+    validation_labels = _extract_split(extractor, images, False, validation_file,
                                        _chunk_batches(validation_batch, record_bytes))
     return CachedFeatures(train_files, str(validation_file), train_labels, validation_labels,
                           shape, megabytes <= cache_budget_mb, megabytes,

@@ -1,9 +1,11 @@
 """The classifier: augmentation -> backbone preprocessing -> frozen backbone -> new head."""
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
-from components import augmentation as augment_lib, backbones, configs
+from components import accelerators, augmentation as augment_lib, backbones, configs
 from components.errors import TlpError
 
 POOLING_MODES = ("avg", "flatten")
@@ -300,3 +302,15 @@ def probabilities(outputs) -> "keras.KerasTensor":
     if outputs.shape[-1] == 1:
         return keras.ops.concatenate([1 - outputs, outputs], axis=-1)
     return outputs
+
+
+def predict_batches(model: keras.Model, batches: Sequence) -> np.ndarray:
+    """The model's outputs over `batches` (each one model input), concatenated. Batch by
+    batch through predict_on_batch: the same compiled function as predict, without the idle
+    time Keras's predict loop showed on TensorFlow (measured on CPU: 20.5 s for 15.5 s of
+    compute over 12 batches of MobileNetV2, the same 15.5 s batch by batch). Under a
+    TensorFlow MirroredStrategy predict_on_batch would run every batch whole on each replica,
+    so there predict splits them."""
+    if keras.backend.backend() == "tensorflow" and accelerators.replicas_in_use() > 1:
+        return model.predict(((batch,) for batch in batches), steps=len(batches), verbose=0)
+    return np.concatenate([model.predict_on_batch(batch) for batch in batches])

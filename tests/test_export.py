@@ -153,7 +153,8 @@ def test_verification_catches_a_model_that_disagrees(exported, tmp_path):
     other.get_layer("classifier").set_weights(
         [w + rng.normal(0, 1, w.shape) for w in other.get_layer("classifier").get_weights()])
     with pytest.raises(TlpError, match="disagrees"):
-        export.verify_saved_model(other, out / "saved_model", str(out.parent / "ds"))
+        export.verify_saved_model(export.keras_reference(other, str(out.parent / "ds")),
+                                  out / "saved_model")
 
 
 @pytest.mark.parametrize("model_file", ["", "saved_model", "model.keras", "model.tflite",

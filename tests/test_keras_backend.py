@@ -81,4 +81,5 @@ def test_jax_trained_model_evaluates_and_exports_on_tensorflow(tmp_path, tiny_da
     assert result["gate"]["approved"] and sum(map(sum, result["confusion_matrix"])) == 6
     served = model_lib.without_augmentation(model)
     export.export_saved_model(served, ["blue", "green", "red"], 32, tmp_path / "saved_model")
-    assert export.verify_saved_model(served, tmp_path / "saved_model", str(tiny_dataset)) < 1e-4
+    assert export.verify_saved_model(export.keras_reference(served, str(tiny_dataset)),
+                                     tmp_path / "saved_model") < 1e-4

@@ -116,8 +116,9 @@ def test_head_phase_on_cached_features_trains_the_saved_full_model(tmp_path, tin
     # Through the head model over the saved model's own layers, the same predictions.
     images = np.concatenate([x for x, _ in validation.as_numpy_iterator()])
     head = features.head_model(saved)
+    unaugmented = (images, np.zeros(len(images), bool))
     through_head = head.predict(
-        features.FeatureExtractor(saved, augment=False).predict(images, verbose=0), verbose=0)
+        features.FeatureExtractor(saved).predict(unaugmented, verbose=0), verbose=0)
     np.testing.assert_allclose(through_head, saved.predict(images, verbose=0), atol=1e-6)
     assert not (tmp_path / "memory.state").exists() and not (tmp_path / "disk.state").exists()
 
