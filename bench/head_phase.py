@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 
-def run_arm(dataset_dir: str, views: int, seed: int, epochs: int) -> dict:
-    """One arm, in this process: build the demo's model, time its head phase, test it."""
+def run_arm(dataset_dir: str, views: int, seed: int, epochs: int, weights: str = "") -> dict:
+    """One arm, in this process: build the demo's model (weights: a backbone weights file;
+    empty: the demo weights), time its head phase, test it."""
     from components import keras_backend
 
     keras_backend.select("tensorflow")
@@ -32,7 +33,8 @@ def run_arm(dataset_dir: str, views: int, seed: int, epochs: int) -> dict:
     keras.utils.set_random_seed(seed)
     metadata = tfrecords.read_metadata(dataset_dir)
     model = model_lib.build_model(metadata["num_classes"], "MobileNetV2",
-                                  metadata["image_size"], str(demo_weights.ensure_demo_weights()),
+                                  metadata["image_size"],
+                                  weights or str(demo_weights.ensure_demo_weights()),
                                   model_lib.Head(), model_lib.Augmentation())
     options = training.FitOptions(epochs=epochs, seed=seed)
     with tempfile.TemporaryDirectory() as state:

@@ -16,7 +16,7 @@ _BENCH = Path(__file__).resolve().parents[1] / "bench"
 _spec = importlib.util.spec_from_file_location("bench", _BENCH / "__init__.py",
                                                submodule_search_locations=[str(_BENCH)])
 sys.modules.setdefault("bench", importlib.util.module_from_spec(_spec))
-from bench import gpu, train_throughput  # noqa: E402
+from bench import gpu, head_phase, train_throughput  # noqa: E402
 from components import fashion_mnist  # noqa: E402
 
 
@@ -87,3 +87,17 @@ def test_the_targets_are_judged_on_what_was_measured():
         "9,000 img/s on cuda:0 (NVIDIA H200)",
         "target jax train: real pipeline >= 90% of in-memory: not measured (no TensorFlow, "
         "so no tf.data)"]
+
+
+def test_head_phase_arms_time_and_score_each_way(tmp_path, tiny_dataset):
+    """Both arms of bench.head_phase on the tiny data set: on cached features and on images,
+    each timed and scored on the test split."""
+    from test_training import calibrated_backbone
+
+    weights = calibrated_backbone(tmp_path / "backbone.weights.h5")
+    on_features, on_images = (head_phase.run_arm(str(tiny_dataset), views, 1, 1, weights)
+                              for views in (1, 0))
+    for result, views in ((on_features, 1), (on_images, 0)):
+        assert (result["views"], result["seed"]) == (views, 1)
+        assert result["seconds"] > 0 and 0 <= result["test_accuracy"] <= 1
+        assert 0 <= result["val_accuracy"] <= 1
