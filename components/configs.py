@@ -53,6 +53,13 @@ IMAGE_PULL_POLICY = "IfNotPresent"  # The tags are versions, never moved.
 DOCKER_INPUT_PATHS = ("data_dir", "weights", "previous_manifest", "baseline_model")
 DOCKER_OUTPUT_PATHS = ("export_destination",)
 DOCKER_NETWORK = "host"
+# `tlp run --local` progress (pipelines/progress.py): each step's whole output goes to
+# <run>/LOGS_DIR/<step>.log; the console gets one line per step start and end, and one per
+# epoch from the line starting with EPOCH_MARKER that train and fine_tune print after each
+# epoch (followed by the epoch's logs as JSON); a failed step's last FAILURE_LOG_LINES lines.
+LOGS_DIR = "logs"
+EPOCH_MARKER = "tlp-epoch"
+FAILURE_LOG_LINES = 40
 # How often `tlp submit --wait` asks for the run's state, in seconds.
 SUBMIT_POLL_SECONDS = 15.0
 

@@ -119,6 +119,17 @@ class LogEpochSeconds(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self.start
 
 
+class PrintEpochMarker(keras.callbacks.Callback):
+    """Prints one machine-readable line per epoch, configs.EPOCH_MARKER and the epoch's logs
+    as JSON, which `tlp run --local` turns into its per-epoch console line
+    (pipelines/progress.py). After LogEpochSeconds, so the epoch's seconds are in the logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1, "epochs": self.params["epochs"],
+                  **{key: float(value) for key, value in (logs or {}).items()}}
+        print(f"{configs.EPOCH_MARKER} {json.dumps(record)}", flush=True)
+
+
 class EpochFlushedTensorBoard(keras.callbacks.TensorBoard):
     """TensorBoard whose logs are on disk at each epoch's end (Keras leaves them to the
     writers' 2-minute flush), so the copy MirrorState makes is up to date."""
@@ -145,6 +156,7 @@ def make_callbacks(state_dir: str, options: FitOptions, best_val_loss: float | N
     return [
         LogLearningRate(),
         LogEpochSeconds(),
+        PrintEpochMarker(),
         keras.callbacks.CSVLogger(str(Path(state_dir, HISTORY_CSV)), append=True),
         # One file per improvement, so a kill while writing one spoils only that one.
         keras.callbacks.ModelCheckpoint(str(Path(state_dir, BEST_WEIGHTS)), monitor="val_loss",

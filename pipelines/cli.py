@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{arguments['data_dir']} (backbone {arguments['backbone']}, weights "
           f"{arguments['weights']})", flush=True)
     started = time.monotonic()
-    result = runner.run_local(arguments, args.pipeline_root, image)
+    result = runner.run_local(arguments, args.pipeline_root, image, args.verbose)
     accuracy = result.evaluation["accuracy"]
     print(f"\nPipeline finished in {time.monotonic() - started:.0f} s: {result.run_dir}")
     initial = result.evaluation["initial"]
@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--docker", action="store_true",
                      help="run each step in a container of the CPU image (kfp.local "
                           "DockerRunner); needs a Docker engine and `make images`")
+    run.add_argument("--verbose", action="store_true",
+                     help="stream every step's whole output (kfp.local's too) rather than a "
+                          "line per step and epoch; either way it is in <run>/"
+                          f"{configs.LOGS_DIR}/<step>.log")
     run.add_argument("--image-registry", default=configs.IMAGE_REGISTRY,
                      help="with --docker: where the tlp-cpu image comes from [%(default)s]")
     run.add_argument("--demo", action="store_true",

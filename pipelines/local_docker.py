@@ -120,8 +120,8 @@ class StepWatch:
         failed = [(self.steps.get(c, c), code) for c, code in self.exit_codes.items() if code]
         if failed:
             step, code = failed[0]
-            raise TlpError(f"step {step} failed: its container exited with code {code}. Its "
-                           "log, with the cause, is above.") from error
+            raise TlpError(f"step {step} failed: its container exited with code "
+                           f"{code}.") from error
         if unsettled and error is None:
             raise TlpError(f"the Docker engine reported no exit code for step(s) "
                            f"{', '.join(unsettled)} within {self.SETTLE_SECONDS} s, so their "

@@ -2,15 +2,16 @@
 import contextlib
 import json
 import os
-import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from components import configs
 from components.errors import TlpError
-from pipelines import local_docker
+from pipelines import local_docker, progress
 from pipelines.pipeline import ClusterOptions, create_pipeline
 
 
@@ -27,11 +28,21 @@ def _single(run_dir: Path, pattern: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def run_local(arguments: dict, pipeline_root: str | Path,
-              docker_image: str | None = None) -> LocalRun:
+def _with_logs(message: str, reporter: progress.Reporter) -> TlpError:
+    """A failed run's error, pointing to the failed step's log (else to the logs folder)."""
+    if reporter.failed_log:
+        message += f" Its log, with the cause: {reporter.failed_log}"
+    elif reporter.logs_dir:
+        message += f" The steps' logs: {reporter.logs_dir}"
+    return TlpError(message)
+
+
+def run_local(arguments: dict, pipeline_root: str | Path, docker_image: str | None = None,
+              verbose: bool = False, console: TextIO | None = None) -> LocalRun:
     """Runs every step as a local subprocess, or with docker_image in a container of that
     image; artifacts land in a new folder under pipeline_root (kfp.local needs a local,
-    absolute path there)."""
+    absolute path there), each step's output in its logs folder. console (stdout) gets a
+    line per step and epoch, or with verbose everything, as kfp.local prints it."""
     from kfp import local
 
     # Without docker_image the steps run in this environment, not in the images they name.
@@ -47,12 +58,14 @@ def run_local(arguments: dict, pipeline_root: str | Path,
     else:
         runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=str(root))
+    reporter = progress.Reporter(console or sys.stdout, verbose)
     try:
-        with watch:
+        with progress.report_steps(reporter), watch:
             create_pipeline(image=docker_image)(**arguments)
     except RuntimeError as error:  # kfp.local's report of a failed task.
-        message = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-        raise TlpError(f"{message} Its log, with the cause, is above.") from error
+        raise _with_logs(progress.strip_colours(str(error)), reporter) from error
+    except TlpError as error:  # StepWatch's, with --docker.
+        raise _with_logs(str(error), reporter) from error
     run_dir = max((p for p in set(root.iterdir()) - earlier
                    if p.name.startswith(configs.PIPELINE_NAME)), key=os.path.getmtime)
     evaluation = _single(run_dir, "**/evaluate/evaluation")

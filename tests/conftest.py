@@ -1,5 +1,6 @@
 """Shared fixtures: tiny labelled image folders made by the tests, one local run of the whole
 pipeline that several tests inspect, and local GCS and S3 servers with a fresh bucket each."""
+import io
 import os
 import socket
 import subprocess
@@ -88,11 +89,18 @@ def pytest_collection_modifyitems(items) -> None:
 
 
 @pytest.fixture(scope="session")
-def local_run(e2e_images, tmp_path_factory):
+def local_run_console() -> io.StringIO:
+    """What local_run printed: its progress lines."""
+    return io.StringIO()
+
+
+@pytest.fixture(scope="session")
+def local_run(e2e_images, tmp_path_factory, local_run_console):
     """One local kfp run of the whole pipeline on tiny data (fresh pipeline_root)."""
     from pipelines import runner
 
-    return runner.run_local(e2e_arguments(e2e_images), tmp_path_factory.mktemp("root"))
+    return runner.run_local(e2e_arguments(e2e_images), tmp_path_factory.mktemp("root"),
+                            console=local_run_console)
 
 
 # ---- Object storage: fake-gcs-server and moto_server on 127.0.0.1, one each per session -----

@@ -98,12 +98,25 @@ def test_predict_prints_a_table_and_writes_csv(capsys, local_run, tmp_path):
             probs[0], abs=1e-3)
 
 
-def test_a_failing_step_names_itself(capsys, tmp_path, image_folder):
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_failing_step_names_itself_and_its_log(capsys, tmp_path, image_folder, verbose):
     weights = tmp_path / "garbage.weights.h5"
     weights.write_bytes(b"not an HDF5 file")
     code = cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"),
                      "--data-dir", str(image_folder), "--image-size", "32",
-                     "--weights", str(weights)])
+                     "--weights", str(weights)] + ["--verbose"] * verbose)
     assert code == 2
-    error = capsys.readouterr().err
-    assert "Inner task failed: 'train'" in error and "log, with the cause, is above" in error
+    out, error = capsys.readouterr()
+    log = next((tmp_path / "root").glob(f"*/{configs.LOGS_DIR}/train.log"))
+    assert "Inner task failed: 'train'" in error and f"Its log, with the cause: {log}" in error
+    cause = "does not fit MobileNetV2"
+    assert cause in log.read_text() and cause in out
+    if verbose:  # Everything, as kfp.local prints it: its executor JSON too.
+        assert "Got executor_input:" in out and "--- the last" not in out
+    else:  # The progress lines, then the log's last lines.
+        assert "Got executor_input:" not in out
+        shown = out.splitlines()
+        start = shown.index(f"--- the last {configs.FAILURE_LOG_LINES} lines of {log}:")
+        assert shown[start - 1].split()[:2] == ["train", "failed"]
+        assert shown[start + 1:] == log.read_text().splitlines()[-configs.FAILURE_LOG_LINES:] + [
+            f"--- the whole log: {log}"]
