@@ -8,6 +8,7 @@ that sends each thread's writes to the log of the step it runs; the hook around 
 task dispatcher (_hook_task_dispatcher) says which step that is. Plain lines only, no
 carriage returns: the same output reads well in a terminal and in a CI log.
 """
+import builtins
 import contextlib
 import io
 import json
@@ -186,8 +187,21 @@ class Reporter:
 @contextlib.contextmanager
 def report_steps(reporter: Reporter) -> Iterator[Reporter]:
     """Within it, kfp.local's steps run through reporter (stdout routed as the module says)."""
-    with _hook_task_dispatcher(reporter), contextlib.redirect_stdout(reporter.router):
+    with _hook_task_dispatcher(reporter), contextlib.redirect_stdout(reporter.router), \
+            _keep_print():
         yield reporter
+
+
+@contextlib.contextmanager
+def _keep_print() -> Iterator[None]:
+    """kfp.local indents a task's prints by replacing builtins.print and putting back the one
+    it found; tasks in parallel threads can put back another's, which stays on after the run
+    (every later print indented)."""
+    original = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = original
 
 
 @contextlib.contextmanager

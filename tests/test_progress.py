@@ -1,3 +1,4 @@
+import builtins
 import inspect
 import io
 import json
@@ -135,6 +136,17 @@ def test_parallel_steps_write_their_own_logs(tmp_path):
     for name in ("a", "b"):
         assert (tmp_path / f"{name}.log").read_text() == "".join(
             f"    {name} {i}\n" for i in range(200))
+
+
+def test_the_run_puts_print_back():
+    """kfp.local's parallel tasks can leave builtins.print indented (see _keep_print)."""
+    original = builtins.print
+    try:
+        with progress.report_steps(progress.Reporter(io.StringIO())):
+            builtins.print = lambda *args, **kwargs: None
+        assert builtins.print is original
+    finally:
+        builtins.print = original
 
 
 def test_kfp_local_still_dispatches_tasks_through_the_hooked_function():
