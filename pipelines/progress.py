@@ -33,7 +33,7 @@ def strip_colours(text: str) -> str:
 
 
 def format_step_line(step: str, status: str, seconds: float | None = None) -> str:
-    """`train       done     81 s`: a step's name, its status and, once ended, its seconds."""
+    """`train       done     81.3 s`: a step's name, its status and, once ended, its seconds."""
     line = f"{step:<{_NAME_WIDTH}} {status:<8}"
     return (line if seconds is None else f"{line} {seconds:.1f} s").rstrip()
 
