@@ -116,6 +116,35 @@ def test_verbose_passes_everything_through(tmp_path):
     assert (tmp_path / "train.log").read_text() == "".join(f"    {l}\n" for l in lines)
 
 
+def test_a_docker_steps_log_stream_is_followed(tmp_path):
+    """DockerRunner prints a container's log as the engine streams it, in chunks that need
+    not end at a line's end."""
+    from types import SimpleNamespace
+
+    from kfp.local import docker_task_handler, status
+
+    text = f"Found nothing\n{marker(1)}\nEpoch 2/2\n{marker(2)}\n".encode()
+    container = SimpleNamespace(logs=lambda stream: (text[i:i + 7] for i in range(0, len(text), 7)),
+                                wait=lambda: {"StatusCode": 0})
+    client = SimpleNamespace(
+        images=SimpleNamespace(list=lambda: [SimpleNamespace(tags=["img:1"],
+                                                             attrs={"RepoDigests": []})]),
+        containers=SimpleNamespace(run=lambda **kwargs: container))
+
+    def run():
+        code = docker_task_handler.run_docker_container(client, "img:1", ["python3"], {})
+        return {}, status.Status.SUCCESS if code == 0 else status.Status.FAILURE
+
+    console = io.StringIO()
+    reporter = progress.Reporter(console)
+    with progress.report_steps(reporter):
+        reporter.run_step("train", tmp_path, run)
+    shown = console.getvalue().splitlines()
+    assert shown[1:3] == [progress.format_epoch_line("train", progress.parse_epoch_marker(m))
+                          for m in (marker(1), marker(2))]
+    assert text.decode() in (tmp_path / "train.log").read_text()
+
+
 def test_parallel_steps_write_their_own_logs(tmp_path):
     """kfp.local runs a ParallelFor's tasks in threads."""
     reporter = progress.Reporter(io.StringIO())
