@@ -52,7 +52,7 @@ def test_malformed_sources_are_named(source, message):
         sources.kind(source)
 
 
-def test_folder_ignores_hidden_and_top_level_files_and_rejects_other_types(tmp_path):
+def test_folder_ignores_hidden_files_and_rejects_top_level_files_and_other_types(tmp_path):
     data = make_image_folder(tmp_path / "images", {"red": 2, "blue": 2})
     (data / "README.md").write_text("about the data")
     (data / "red" / ".DS_Store").write_bytes(b"x")
@@ -62,7 +62,7 @@ def test_folder_ignores_hidden_and_top_level_files_and_rejects_other_types(tmp_p
     listing = sources.list_source(str(data))
     assert listing.class_names == ["blue", "red"]
     assert [(e.uri.removeprefix(f"{data}/"), e.label, e.reason) for e in listing.entries] == [
-        ("blue/blue-000.png", "blue", ""), ("blue/blue-001.png", "blue", ""),
+        ("README.md", "", "unlabelled"), ("blue/blue-000.png", "blue", ""), ("blue/blue-001.png", "blue", ""),
         ("blue/notes.txt", "blue", "unsupported"),
         ("red/red-000.png", "red", ""), ("red/red-001.png", "red", "")]
 
