@@ -205,14 +205,14 @@ def bucket(request) -> str:
 def test_bucket_folder_gives_the_same_dataset_as_the_local_folder(bucket, tmp_path):
     data = make_image_folder(tmp_path / "images", {"red": 5, "green": 5})
     (data / "green" / "notes.txt").write_text("text")
-    (data / "LICENSE").write_text("top-level files are not images of a class")
+    (data / "LICENSE").write_text("top-level files are in no class: rejected")
     storage.upload_dir(data, f"{bucket}/flowers")
     local, _ = _run(data, tmp_path / "local")
     # Two workers, each reading its objects itself after the parent listed the bucket.
     remote, rows = _run(f"{bucket}/flowers/", tmp_path / "remote", num_workers=2)
     assert remote == local
     assert sorted(r["source_path"] for r in rows) == sorted(
-        [f"{bucket}/flowers/green/notes.txt"]
+        [f"{bucket}/flowers/green/notes.txt", f"{bucket}/flowers/LICENSE"]
         + [f"{bucket}/flowers/{c}/{c}-00{i}.png" for c in ("red", "green") for i in range(5)])
     for shard in (tmp_path / "local" / "out").glob("*.tfrecord"):
         assert shard.read_bytes() == (tmp_path / "remote" / "out" / shard.name).read_bytes()
