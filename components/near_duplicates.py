@@ -1,0 +1,124 @@
+"""Near-duplicate images: a 64-bit perceptual hash per image, and the groups of images within
+a Hamming distance of each other, found without comparing all pairs.
+
+The hash is pHash's (Zauner 2010), greyscale, shrunk to 32x32, 2-D DCT, an 8x8 block of
+coefficients thresholded at their median, but the block starts at frequency FIRST_FREQUENCY
+rather than 0: the lowest frequencies hold an object's outline, which distinct photos of one
+class share (on Fashion-MNIST, pHash's own block put two thirds of the shoes into one group
+at distance 4; see README, Preprocess). Low and middle frequencies survive resizing,
+re-encoding and brightness shifts, and the median threshold ignores global brightness; crops
+are met by hashing crops too (perceptual_hashes). Only PIL and NumPy, so the preprocess
+workers can hash as they decode.
+
+Grouping uses multi-index hashing (Norouzi et al. 2012): the hash is cut into BANDS bands
+of 16 bits; two hashes within distance d differ by at most d // BANDS bits in some band
+(pigeonhole), so each image is only compared with those whose band value lies within that
+radius of one of its own, looked up in sorted band values.
+"""
+import itertools
+
+import numpy as np
+from PIL import Image
+
+from components import configs
+
+SAMPLE = 32  # Side of the greyscale thumbnail the DCT runs on.
+FIRST_FREQUENCY = 3
+BLOCK = 8  # Side of the block of frequencies kept: BLOCK * BLOCK = 64 bits.
+BANDS = 4
+BAND_BITS = 64 // BANDS
+_THUMBNAIL = 128  # The crops are cut from a greyscale thumbnail this size.
+_CHUNK = 4096  # Images whose neighbour keys are expanded at once (bounds memory).
+
+
+def _dct_matrix(size: int) -> np.ndarray:
+    """Orthonormal DCT-II basis: matrix @ x is the DCT of x."""
+    k = np.arange(size)[:, None]
+    basis = np.cos(np.pi * (2 * np.arange(size)[None, :] + 1) * k / (2 * size))
+    basis[0] /= np.sqrt(2)
+    return basis * np.sqrt(2 / size)
+
+
+_DCT = _dct_matrix(SAMPLE)[FIRST_FREQUENCY:FIRST_FREQUENCY + BLOCK]
+_BIT_WEIGHTS = np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)
+
+
+def _phash(grey: Image.Image) -> int:
+    pixels = np.asarray(grey.resize((SAMPLE, SAMPLE), Image.Resampling.BILINEAR),
+                        dtype=np.float64)
+    block = _DCT @ pixels @ _DCT.T
+    bits = (block > np.median(block)).ravel()
+    return int(np.bitwise_or.reduce(_BIT_WEIGHTS[bits], initial=np.uint64(0)))
+
+
+def perceptual_hashes(image: Image.Image,
+                      crop: float = configs.NEAR_DUPLICATE_CROP) -> list[int]:
+    """The 64-bit pHash of an image of any mode and size, then those of its 8 crops that cut
+    `crop` of the width, the height or both, at one side each. A copy cropped by up to that
+    much lies near one of them, while its own pHash may be 20-30 bits away."""
+    thumbnail = image.convert("L").resize((_THUMBNAIL, _THUMBNAIL),
+                                          Image.Resampling.BILINEAR, reducing_gap=2.0)
+    cut = round(_THUMBNAIL * crop)
+    spans = ((0, _THUMBNAIL), (cut, _THUMBNAIL), (0, _THUMBNAIL - cut))
+    return [_phash(thumbnail.crop((left, top, right, bottom)))
+            for (top, bottom), (left, right) in itertools.product(spans, spans)]
+
+
+def to_hex(value: int) -> str:
+    return f"{value:016x}"
+
+
+def _band_masks(radius: int) -> np.ndarray:
+    """Every BAND_BITS-bit mask with at most radius bits set."""
+    masks = [0]
+    for count in range(1, radius + 1):
+        masks += [sum(1 << bit for bit in bits)
+                  for bits in itertools.combinations(range(BAND_BITS), count)]
+    return np.array(masks, dtype=np.uint64)
+
+
+def candidate_pairs(hashes: np.ndarray, distance: int) -> np.ndarray:
+    """Pairs (i, j), i < j, where one of image i's hashes lies within `distance` bits of
+    image j's own (first) hash or the other way round. hashes: [images, hashes] uint64.
+    Returns [pairs, 2] int64, unique, sorted."""
+    masks = _band_masks(distance // BANDS)
+    images = np.repeat(np.arange(len(hashes)), hashes.shape[1])
+    queries = hashes.ravel()
+    found = []
+    for band in range(BANDS):
+        shift = np.uint64(BAND_BITS * band)
+        band_mask = np.uint64(2**BAND_BITS - 1)
+        order = np.argsort((hashes[:, 0] >> shift) & band_mask, kind="stable")
+        indexed = ((hashes[:, 0] >> shift) & band_mask)[order]
+        for start in range(0, len(queries), _CHUNK):
+            keys = ((queries[start:start + _CHUNK] >> shift) & band_mask)[:, None] ^ masks
+            low = np.searchsorted(indexed, keys, "left").ravel()
+            counts = np.searchsorted(indexed, keys, "right").ravel() - low
+            # Each (query, key) row's matches: indexed[low:low + count].
+            rows = np.repeat(np.arange(low.size), counts)
+            offsets = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+            query = start + rows // len(masks)
+            other = order[low[rows] + offsets]
+            near = np.bitwise_count(queries[query] ^ hashes[other, 0]) <= distance
+            pair = np.sort(np.stack([images[query[near]], other[near]], axis=1), axis=1)
+            found.append(pair[pair[:, 0] != pair[:, 1]])
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def group(hashes: list[list[int]], distance: int) -> list[int]:
+    """Union-find over the pairs candidate_pairs finds: each image's group, as the index of
+    its group's first image (its own index when it has no near-copy). hashes: each image's
+    perceptual_hashes."""
+    parent = list(range(len(hashes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if distance > 0 and len(hashes) > 1:
+        for i, j in candidate_pairs(np.array(hashes, dtype=np.uint64), distance).tolist():
+            a, b = root(i), root(j)
+            parent[max(a, b)] = min(a, b)
+    return [root(i) for i in range(len(hashes))]
