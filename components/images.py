@@ -108,8 +108,10 @@ def load_image(data: bytes, options: EncodeOptions) -> Image.Image:
             raise Rejected("too large", f"{image.width}x{image.height} = {pixels} pixels, "
                                         f"over max_image_pixels={options.max_pixels}")
         try:
-            # JPEG only: decode at the smallest 1/2^k scale still >= the target (faster).
-            image.draft("RGB", (options.image_size, options.image_size))
+            # JPEG only: decode at the smallest 1/2^k scale still >= the target (faster), and
+            # >= the thumbnail near_duplicates hashes, so that hashes do not depend on it.
+            size = max(options.image_size, near_duplicates.THUMBNAIL)
+            image.draft("RGB", (size, size))
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
         except OSError as error:

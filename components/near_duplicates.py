@@ -27,7 +27,7 @@ FIRST_FREQUENCY = 3
 BLOCK = 8  # Side of the block of frequencies kept: BLOCK * BLOCK = 64 bits.
 BANDS = 4
 BAND_BITS = 64 // BANDS
-_THUMBNAIL = 128  # The crops are cut from a greyscale thumbnail this size.
+THUMBNAIL = 128  # The crops are cut from a greyscale thumbnail this size.
 _CHUNK = 4096  # Images whose neighbour keys are expanded at once (bounds memory).
 
 
@@ -40,28 +40,28 @@ def _dct_matrix(size: int) -> np.ndarray:
 
 
 _DCT = _dct_matrix(SAMPLE)[FIRST_FREQUENCY:FIRST_FREQUENCY + BLOCK]
-_BIT_WEIGHTS = np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)
 
 
-def _phash(grey: Image.Image) -> int:
-    pixels = np.asarray(grey.resize((SAMPLE, SAMPLE), Image.Resampling.BILINEAR),
-                        dtype=np.float64)
-    block = _DCT @ pixels @ _DCT.T
-    bits = (block > np.median(block)).ravel()
-    return int(np.bitwise_or.reduce(_BIT_WEIGHTS[bits], initial=np.uint64(0)))
+def _phashes(thumbnails: np.ndarray) -> list[int]:
+    """pHash of each of [n, SAMPLE, SAMPLE] greyscale thumbnails, in one batch."""
+    blocks = (_DCT @ thumbnails @ _DCT.T).reshape(len(thumbnails), -1)
+    bits = blocks > np.median(blocks, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").ravel().tolist()
 
 
 def perceptual_hashes(image: Image.Image,
                       crop: float = configs.NEAR_DUPLICATE_CROP) -> list[int]:
     """The 64-bit pHash of an image of any mode and size, then those of its 8 crops that cut
-    `crop` of the width, the height or both, at one side each. A copy cropped by up to that
-    much lies near one of them, while its own pHash may be 20-30 bits away."""
-    thumbnail = image.convert("L").resize((_THUMBNAIL, _THUMBNAIL),
+    `crop` of the width, the height or both, at one side each. A copy cropped so lies near
+    one of them, while its own pHash may be 20-30 bits away."""
+    thumbnail = image.convert("L").resize((THUMBNAIL, THUMBNAIL),
                                           Image.Resampling.BILINEAR, reducing_gap=2.0)
-    cut = round(_THUMBNAIL * crop)
-    spans = ((0, _THUMBNAIL), (cut, _THUMBNAIL), (0, _THUMBNAIL - cut))
-    return [_phash(thumbnail.crop((left, top, right, bottom)))
-            for (top, bottom), (left, right) in itertools.product(spans, spans)]
+    cut = round(THUMBNAIL * crop)
+    spans = ((0, THUMBNAIL), (cut, THUMBNAIL), (0, THUMBNAIL - cut))
+    crops = [thumbnail.crop((left, top, right, bottom)).resize(
+        (SAMPLE, SAMPLE), Image.Resampling.BILINEAR)
+        for (top, bottom), (left, right) in itertools.product(spans, spans)]
+    return _phashes(np.stack([np.asarray(c, dtype=np.float64) for c in crops]))
 
 
 def to_hex(value: int) -> str:
