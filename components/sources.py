@@ -120,7 +120,7 @@ def _bucket_folders(source: str) -> tuple[dict[str, list[Entry]], list[Entry]]:
     return classes, top
 
 
-def _scan(folder: str, label: str, seen: set[tuple[int, int]]) -> Iterator[Entry]:
+def _scan(folder: str, seen: set[tuple[int, int]], nested: bool = False) -> Iterator[Entry]:
     """Every entry under a local folder, hidden ones excepted, in name order, as `ls -R`
     shows them: files to read, the rest rejected. Links are followed, but a folder already
     listed (a link loop) is rejected, never listed again."""
@@ -128,33 +128,35 @@ def _scan(folder: str, label: str, seen: set[tuple[int, int]]) -> Iterator[Entry
         with os.scandir(folder) as found:
             names = sorted(entry.name for entry in found if not entry.name.startswith("."))
     except OSError as error:
-        yield Entry(folder, label, reason="unreadable",
+        yield Entry(folder, "", reason="unreadable",
                     detail=f"folder cannot be listed: {error.strerror or error}")
         return
+    if not names and nested:  # Shown by ls -R, and holding nothing to account for it.
+        yield Entry(folder, "", reason="unsupported", detail="an empty folder")
     for name in names:
         path = os.path.join(folder, name)
         try:
             status = os.stat(path)
         except FileNotFoundError:
             target = os.readlink(path) if os.path.islink(path) else path
-            yield Entry(path, label, reason="missing", detail=f"link to {target}, which "
+            yield Entry(path, "", reason="missing", detail=f"link to {target}, which "
                                                               "does not exist")
             continue
         except OSError as error:  # A link loop (ELOOP), a name too long, no permission.
-            yield Entry(path, label, reason="unreadable", detail=error.strerror or str(error))
+            yield Entry(path, "", reason="unreadable", detail=error.strerror or str(error))
             continue
         if stat.S_ISDIR(status.st_mode):
             key = (status.st_dev, status.st_ino)
             if key in seen:
-                yield Entry(path, label, reason="unreadable",
+                yield Entry(path, "", reason="unreadable",
                             detail="a link back to a folder already listed (a loop)")
                 continue
             seen.add(key)
-            yield from _scan(path, label, seen)
+            yield from _scan(path, seen, nested=True)
         elif stat.S_ISREG(status.st_mode):
-            yield Entry(path, label)
+            yield Entry(path, "")
         else:  # Reading a FIFO would block for ever; devices and sockets are no images.
-            yield Entry(path, label, reason="unsupported", detail="not a regular file")
+            yield Entry(path, "", reason="unsupported", detail="not a regular file")
 
 
 def _local_folders(source: str) -> tuple[dict[str, list[Entry]], list[Entry]]:
@@ -166,7 +168,7 @@ def _local_folders(source: str) -> tuple[dict[str, list[Entry]], list[Entry]]:
     seen = {(root.stat().st_dev, root.stat().st_ino)}
     classes: dict[str, list[Entry]] = {}
     top = []
-    for entry in _scan(str(root), "", seen):
+    for entry in _scan(str(root), seen):
         relative = os.path.relpath(entry.uri, root)
         if os.sep in relative:
             classes.setdefault(relative.split(os.sep)[0], []).append(entry)
