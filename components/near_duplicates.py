@@ -51,13 +51,14 @@ def _phashes(thumbnails: np.ndarray) -> list[int]:
 
 def perceptual_hashes(image: Image.Image,
                       crop: float = configs.NEAR_DUPLICATE_CROP) -> list[int]:
-    """The 64-bit pHash of an image of any mode and size, then those of its 8 crops that cut
-    `crop` of the width, the height or both, at one side each. A copy cropped so lies near
-    one of them, while its own pHash may be 20-30 bits away."""
+    """The 64-bit pHash of an image of any mode and size, then those of its 15 crops that
+    cut `crop` of the width, the height or both, at one side or half at each. A copy cropped
+    so lies near one of them, while its own pHash may be 20-40 bits away."""
     thumbnail = image.convert("L").resize((THUMBNAIL, THUMBNAIL),
                                           Image.Resampling.BILINEAR, reducing_gap=2.0)
     cut = round(THUMBNAIL * crop)
-    spans = ((0, THUMBNAIL), (cut, THUMBNAIL), (0, THUMBNAIL - cut))
+    spans = ((0, THUMBNAIL), (cut, THUMBNAIL), (0, THUMBNAIL - cut),
+             (cut // 2, THUMBNAIL - cut + cut // 2))
     crops = [thumbnail.crop((left, top, right, bottom)).resize(
         (SAMPLE, SAMPLE), Image.Resampling.BILINEAR)
         for (top, bottom), (left, right) in itertools.product(spans, spans)]

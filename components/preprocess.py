@@ -492,7 +492,8 @@ def merge(part_dirs: list[Path], output_dir: str, manifest_path: str, train_rati
     print(f"preprocess: {summary['inputs']} files: {summary['written']} written "
           f"{metadata['num_examples']}, {summary['duplicates']} duplicates, "
           f"{summary['rejected']} rejected; {summary['near_duplicate_images']} images in "
-          f"{summary['near_duplicate_groups']} near-duplicate groups (each in one split); "
+          f"{summary['near_duplicate_groups']} near-duplicate groups (each in one split; "
+          f"largest {max(Counter(s.group for s in usable if s.group).values(), default=0)}); "
           f"{len(class_names)} classes in {out}", flush=True)
     return metadata
 
