@@ -4,16 +4,17 @@ a Hamming distance of each other, found without comparing all pairs.
 The hash is pHash's (Zauner 2010), greyscale, shrunk to 32x32, 2-D DCT, an 8x8 block of
 coefficients thresholded at their median, but the block starts at frequency FIRST_FREQUENCY
 rather than 0: the lowest frequencies hold an object's outline, which distinct photos of one
-class share (on Fashion-MNIST, pHash's own block put two thirds of the shoes into one group
-at distance 4; see README, Preprocess). Low and middle frequencies survive resizing,
+class share (on Fashion-MNIST, pHash's own block chained thousands of shoes into one group
+at distance 4; see README, Near-duplicates). Low and middle frequencies survive resizing,
 re-encoding and brightness shifts, and the median threshold ignores global brightness; crops
 are met by hashing crops too (perceptual_hashes). Only PIL and NumPy, so the preprocess
 workers can hash as they decode.
 
 Grouping uses multi-index hashing (Norouzi et al. 2012): the hash is cut into BANDS bands
 of 16 bits; two hashes within distance d differ by at most d // BANDS bits in some band
-(pigeonhole), so each image is only compared with those whose band value lies within that
-radius of one of its own, looked up in sorted band values.
+(pigeonhole), so each hash of an image (its own and its crops') is only compared with the
+own hashes whose band value lies within that radius of its own, looked up in the sorted
+band values.
 """
 import itertools
 
