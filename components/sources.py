@@ -14,6 +14,7 @@ A source (the `data_dir` parameter) is one of:
 Images of files and bucket objects are read later, by the worker processes (`read`); those of a
 TFDS dataset are read here, in one pass over its records, and held in memory.
 """
+import errno
 import io
 import os
 import re
@@ -96,7 +97,13 @@ def read(ref: str | bytes) -> bytes:
     storage; bytes pass through. Raises FileNotFoundError (storage's MissingError) for a file
     that does not exist (a rejection), TlpError when the store cannot be used at all (a
     missing bucket, denied access: a failed run)."""
-    return ref if isinstance(ref, bytes) else storage.read_bytes(ref)
+    if isinstance(ref, bytes):
+        return ref
+    if not storage.is_remote(ref) and stat.S_IFMT(os.stat(ref).st_mode) not in (stat.S_IFREG,
+                                                                                 stat.S_IFDIR):
+        # A FIFO or device a listing names: reading it could block or never end.
+        raise OSError(errno.EINVAL, "not a regular file", ref)
+    return storage.read_bytes(ref)
 
 
 def _bucket_folders(source: str) -> tuple[dict[str, list[Entry]], list[Entry]]:

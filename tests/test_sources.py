@@ -2,6 +2,7 @@
 import csv
 import io
 import multiprocessing
+import os
 from collections import Counter
 
 import numpy as np
@@ -260,3 +261,17 @@ def test_forked_workers_read_objects_intact_after_the_parent_used_the_client(buc
         uris = storage.list_files(f"{bucket}/o")  # The parent's client holds a connection.
         with multiprocessing.get_context("fork").Pool(4) as pool:
             assert pool.map(sources.read, uris, chunksize=1) == [blobs[u] for u in uris]
+
+
+def test_a_listing_naming_a_fifo_or_a_folder_rejects_them_without_blocking(tmp_path):
+    data = make_image_folder(tmp_path / "listed", {"red": 5, "green": 5})
+    os.mkfifo(data / "pipe.png")
+    (data / "folder.png").mkdir()
+    rows = [(f"{c}/{c}-00{i}.png", c) for c in ("red", "green") for i in range(5)]
+    rows += [("pipe.png", "red"), ("folder.png", "green")]
+    (data / "list.csv").write_text("path,label\n" + "".join(f"{p},{l}\n" for p, l in rows))
+    _, manifest = _run(data / "list.csv", tmp_path, max_rejected_fraction=1.0)
+    rejected = {r["source_path"].rsplit("/", 1)[-1]: (r["reason"], r["detail"])
+                for r in manifest if r["status"] == "rejected"}
+    assert rejected == {"pipe.png": ("unreadable", "not a regular file"),
+                        "folder.png": ("unreadable", "Is a directory")}
