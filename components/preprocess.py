@@ -130,9 +130,9 @@ def _encode_chunk(task: tuple[str, list[SourceFile]],
                 source.reject(result.reason, result.detail)
                 continue
             record = tfrecord_writer.frame(tfrecord_writer.serialize_example(
-                result.encoded, source.label_index, source.label, sources.printable(source.name),
-                result.sha256,
-                options.image_size, options.image_format))
+                result.encoded, source.label_index, source.label,
+                sources.printable(source.name), result.sha256, options.image_size,
+                options.image_format))
             source.spool, source.offset, source.length = spool_path, spool.tell(), len(record)
             spool.write(record)
     return chunk
@@ -223,7 +223,7 @@ def assign_splits(files: list[SourceFile], ratios: dict[str, float], seed: int,
     in units, a near-duplicate group (`group`) or else one image, in an order given only by
     sha256(seed, the group's or image's sha256), and each unit goes whole to the split
     furthest below its target (ratio x images so far, summed over the unit's classes); a
-    unit with pinned images goes to their split. Without groups and starting from no pinned
+    unit with pinned images goes to their (most common) split, its pinned images staying put. Without groups and starting from no pinned
     images this keeps every split of every class within one image of ratio x class size, at
     every step (within a group's size with groups); starting from a pinned split that was
     within one, it stays within one; starting from one that was off (other ratios), new

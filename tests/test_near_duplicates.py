@@ -164,3 +164,14 @@ def test_the_fan_out_gives_the_same_groups(tmp_path):
 def test_distance_out_of_range_is_named(distance):
     with pytest.raises(preprocess.TlpError, match=f"near_duplicate_distance={distance}"):
         preprocess.validate_near_duplicate_distance(distance)
+
+
+def test_a_group_joins_the_split_of_its_pinned_image_and_classes_stay_stratified():
+    files = [preprocess.SourceFile(f"{i}.png", "a", 0, sha256=f"{i:064x}") for i in range(40)]
+    for source in files[:4]:
+        source.group = files[0].sha256
+    ratios = {"train": 0.5, "validation": 0.25, "test": 0.25}
+    preprocess.assign_splits(files, ratios, seed=3, pinned={files[2].sha256: "test"})
+    assert {source.split for source in files[:4]} == {"test"}
+    counts = Counter(source.split for source in files)
+    assert all(abs(counts[split] - ratio * 40) <= 4 for split, ratio in ratios.items())
