@@ -216,6 +216,8 @@ def printable(text: str) -> str:
     """text as the manifest, logs and TFRecords can hold it: bytes of a name that are not
     UTF-8 (os.fsdecode's surrogates) and control characters (a newline) as escapes."""
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():  # Nearly always: skip the loop over characters.
+        return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
