@@ -223,11 +223,11 @@ def assign_splits(files: list[SourceFile], ratios: dict[str, float], seed: int,
     in units, a near-duplicate group (`group`) or else one image, in an order given only by
     sha256(seed, the group's or image's sha256), and each unit goes whole to the split
     furthest below its target (ratio x images so far, summed over the unit's classes); a
-    unit with pinned images goes to their (most common) split, its pinned images staying put. Without groups and starting from no pinned
-    images this keeps every split of every class within one image of ratio x class size, at
-    every step (within a group's size with groups); starting from a pinned split that was
-    within one, it stays within one; starting from one that was off (other ratios), new
-    images close the gap as fast as possible.
+    unit with pinned images goes to their (most common) split, its pinned images staying
+    put. Without groups and starting from no pinned images this keeps every split of every
+    class within one image of ratio x class size, at every step (within a group's size with
+    groups); starting from a pinned split that was within one, it stays within one; starting
+    from one that was off (other ratios), new images close the gap as fast as possible.
     The result depends on image contents and the seed, not on file names or order.
     No rule can do both without the previous assignment: a split that never moves an image
     when others are added must be a function of that image alone, and such a split's

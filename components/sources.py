@@ -193,8 +193,8 @@ def _list_folder(source: str) -> Listing:
     entries = []
     for entry in top:
         if not entry.reason:
-            entry.reason, entry.detail = "unlabelled", "directly in the data folder, in no " \
-                                                       "class folder"
+            entry.reason = "unlabelled"
+            entry.detail = "directly in the data folder, in no class folder"
         entries.append(entry)
     for name, found in sorted(classes.items()):
         label = printable(name)

@@ -63,7 +63,8 @@ def test_folder_ignores_hidden_files_and_rejects_top_level_files_and_other_types
     listing = sources.list_source(str(data))
     assert listing.class_names == ["blue", "red"]
     assert [(e.uri.removeprefix(f"{data}/"), e.label, e.reason) for e in listing.entries] == [
-        ("README.md", "", "unlabelled"), ("blue/blue-000.png", "blue", ""), ("blue/blue-001.png", "blue", ""),
+        ("README.md", "", "unlabelled"),
+        ("blue/blue-000.png", "blue", ""), ("blue/blue-001.png", "blue", ""),
         ("blue/notes.txt", "blue", "unsupported"),
         ("red/red-000.png", "red", ""), ("red/red-001.png", "red", "")]
 
