@@ -276,3 +276,26 @@ def test_a_listing_naming_a_fifo_or_a_folder_rejects_them_without_blocking(tmp_p
                 for r in manifest if r["status"] == "rejected"}
     assert rejected == {"pipe.png": ("unreadable", "not a regular file"),
                         "folder.png": ("unreadable", "Is a directory")}
+
+
+def test_a_folder_that_cannot_be_listed_is_rejected_with_its_reason(tmp_path, monkeypatch):
+    """chmod 000, and (root lists it anyway) a patched os.scandir refusing it."""
+    data = make_image_folder(tmp_path / "images", {"red": 2, "blue": 2})
+    locked = data / "red" / "locked"
+    locked.mkdir()
+    (locked / "x.png").write_bytes((data / "red" / "red-000.png").read_bytes())
+    locked.chmod(0)
+    scandir = os.scandir
+
+    def refuse(path):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(sources.os, "scandir", refuse)
+    try:
+        entries = sources.list_source(str(data)).entries
+    finally:
+        locked.chmod(0o755)
+    assert [(e.uri, e.label, e.reason, e.detail) for e in entries if e.reason] == [
+        (str(locked), "red", "unreadable", "folder cannot be listed: Permission denied")]
