@@ -17,6 +17,7 @@ own hashes whose band value lies within that radius of its own, looked up in the
 band values.
 """
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -29,7 +30,8 @@ BLOCK = 8  # Side of the block of frequencies kept: BLOCK * BLOCK = 64 bits.
 BANDS = 4
 BAND_BITS = 64 // BANDS
 THUMBNAIL = 128  # The crops are cut from a greyscale thumbnail this size.
-_CHUNK = 4096  # Images whose neighbour keys are expanded at once (bounds memory).
+_CHUNK = 4096  # Hashes whose neighbour keys are looked up at once (bounds memory).
+_BATCH = 1 << 22  # Candidate pairs checked at once (bounds memory).
 
 
 def _dct_matrix(size: int) -> np.ndarray:
@@ -90,32 +92,45 @@ def _band_masks(radius: int) -> np.ndarray:
     return np.array(masks, dtype=np.uint64)
 
 
+def _pair_batches(hashes: np.ndarray, distance: int) -> Iterator[np.ndarray]:
+    """The pairs of candidate_pairs, in batches of at most _BATCH candidates each (so a
+    bucket of many alike hashes cannot exhaust memory), with repeats."""
+    masks = _band_masks(distance // BANDS)
+    images = np.repeat(np.arange(len(hashes)), hashes.shape[1])
+    queries = hashes.ravel()
+    band_mask = np.uint64(2**BAND_BITS - 1)
+    for band in range(BANDS):
+        values = (hashes[:, 0] >> np.uint64(BAND_BITS * band)) & band_mask
+        order = np.argsort(values, kind="stable")
+        indexed = values[order]
+        for start in range(0, len(queries), _CHUNK):
+            keys = ((queries[start:start + _CHUNK] >> np.uint64(BAND_BITS * band))
+                    & band_mask)[:, None] ^ masks
+            low = np.searchsorted(indexed, keys, "left").ravel()
+            counts = np.searchsorted(indexed, keys, "right").ravel() - low
+            ends = np.cumsum(counts)
+            first = 0
+            while first < len(counts):  # (query, key) rows first..last: at most _BATCH matches.
+                last = max(first + 1, int(np.searchsorted(ends, ends[first] - counts[first]
+                                                          + _BATCH, "right")))
+                rows = np.repeat(np.arange(first, last), counts[first:last])
+                offsets = np.arange(rows.size) - np.repeat(
+                    ends[first:last] - counts[first:last] - (ends[first] - counts[first]),
+                    counts[first:last])
+                query = start + rows // len(masks)
+                other = order[low[rows] + offsets]
+                near = np.bitwise_count(queries[query] ^ hashes[other, 0]) <= distance
+                pair = np.sort(np.stack([images[query[near]], other[near]], axis=1), axis=1)
+                yield pair[pair[:, 0] != pair[:, 1]]
+                first = last
+
+
 def candidate_pairs(hashes: np.ndarray, distance: int) -> np.ndarray:
     """Pairs (i, j), i < j, where one of image i's hashes lies within `distance` bits of
     image j's own (first) hash or the other way round. hashes: [images, hashes] uint64.
     Returns [pairs, 2] int64, unique, sorted."""
-    masks = _band_masks(distance // BANDS)
-    images = np.repeat(np.arange(len(hashes)), hashes.shape[1])
-    queries = hashes.ravel()
-    found = []
-    for band in range(BANDS):
-        shift = np.uint64(BAND_BITS * band)
-        band_mask = np.uint64(2**BAND_BITS - 1)
-        order = np.argsort((hashes[:, 0] >> shift) & band_mask, kind="stable")
-        indexed = ((hashes[:, 0] >> shift) & band_mask)[order]
-        for start in range(0, len(queries), _CHUNK):
-            keys = ((queries[start:start + _CHUNK] >> shift) & band_mask)[:, None] ^ masks
-            low = np.searchsorted(indexed, keys, "left").ravel()
-            counts = np.searchsorted(indexed, keys, "right").ravel() - low
-            # Each (query, key) row's matches: indexed[low:low + count].
-            rows = np.repeat(np.arange(low.size), counts)
-            offsets = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
-            query = start + rows // len(masks)
-            other = order[low[rows] + offsets]
-            near = np.bitwise_count(queries[query] ^ hashes[other, 0]) <= distance
-            pair = np.sort(np.stack([images[query[near]], other[near]], axis=1), axis=1)
-            found.append(pair[pair[:, 0] != pair[:, 1]])
-    return np.unique(np.concatenate(found), axis=0)
+    return np.unique(np.concatenate([np.empty((0, 2), dtype=np.int64),
+                                     *_pair_batches(hashes, distance)]), axis=0)
 
 
 def group(hashes: list[list[int]], distance: int) -> list[int]:
@@ -131,7 +146,8 @@ def group(hashes: list[list[int]], distance: int) -> list[int]:
         return i
 
     if distance > 0 and len(hashes) > 1:
-        for i, j in candidate_pairs(np.array(hashes, dtype=np.uint64), distance).tolist():
-            a, b = root(i), root(j)
-            parent[max(a, b)] = min(a, b)
+        for batch in _pair_batches(np.array(hashes, dtype=np.uint64), distance):
+            for i, j in np.unique(batch, axis=0).tolist():
+                a, b = root(i), root(j)
+                parent[max(a, b)] = min(a, b)
     return [root(i) for i in range(len(hashes))]
