@@ -175,3 +175,16 @@ def test_a_group_joins_the_split_of_its_pinned_image_and_classes_stay_stratified
     assert {source.split for source in files[:4]} == {"test"}
     counts = Counter(source.split for source in files)
     assert all(abs(counts[split] - ratio * 40) <= 4 for split, ratio in ratios.items())
+
+
+def test_many_alike_hashes_are_checked_in_small_batches(monkeypatch):
+    """A bucket of many alike hashes (blank images, say) is expanded batch by batch."""
+    monkeypatch.setattr(near_duplicates, "_BATCH", 7)
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 2**63, (300, 2), dtype=np.uint64)
+    hashes[:60, 0] = 12345
+    found = near_duplicates.candidate_pairs(hashes, 4)
+    near = np.bitwise_count(hashes[:, None, :] ^ hashes[None, :, :1]) <= 4  # [i, j, hash of i]
+    expected = np.argwhere(np.triu(near.any(axis=2) | near.any(axis=2).T, 1))
+    assert found.tolist() == expected.tolist() and len(found) >= 60 * 59 // 2
+    assert len(set(near_duplicates.group(hashes.tolist(), 4)[:60])) == 1
