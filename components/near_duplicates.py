@@ -102,12 +102,13 @@ def _pair_batches(hashes: np.ndarray, distance: int) -> Iterator[np.ndarray]:
     for band in range(BANDS):
         values = (hashes[:, 0] >> np.uint64(BAND_BITS * band)) & band_mask
         order = np.argsort(values, kind="stable")
-        indexed = values[order]
+        # Where each band value's run starts in the sorted values: a lookup, not a search.
+        bounds = np.searchsorted(values[order], np.arange(2**BAND_BITS + 1, dtype=np.uint64))
         for start in range(0, len(queries), _CHUNK):
-            keys = ((queries[start:start + _CHUNK] >> np.uint64(BAND_BITS * band))
-                    & band_mask)[:, None] ^ masks
-            low = np.searchsorted(indexed, keys, "left").ravel()
-            counts = np.searchsorted(indexed, keys, "right").ravel() - low
+            keys = (((queries[start:start + _CHUNK] >> np.uint64(BAND_BITS * band))
+                     & band_mask)[:, None] ^ masks).astype(np.int64).ravel()
+            low = bounds[keys]
+            counts = bounds[keys + 1] - low
             ends = np.cumsum(counts)
             first = 0
             while first < len(counts):  # (query, key) rows first..last: at most _BATCH matches.
@@ -133,21 +134,26 @@ def candidate_pairs(hashes: np.ndarray, distance: int) -> np.ndarray:
                                      *_pair_batches(hashes, distance)]), axis=0)
 
 
+def _union(parent: np.ndarray, pairs: np.ndarray) -> None:
+    """Union-find on arrays, in place: joins the sets of each pair. parent[i] <= i, so a
+    set's root is its smallest index; rounds of hooking roots to the smaller root and
+    pointer jumping, vectorized, rather than a Python loop over (many) pairs."""
+    while pairs.size:
+        a, b = parent[pairs[:, 0]], parent[pairs[:, 1]]
+        apart = a != b
+        low, high = np.minimum(a, b)[apart], np.maximum(a, b)[apart]
+        np.minimum.at(parent, high, low)
+        while not np.array_equal(parent[parent], parent):
+            parent[:] = parent[parent]
+        pairs = np.stack([low, high], axis=1)
+
+
 def group(hashes: list[list[int]], distance: int) -> list[int]:
-    """Union-find over the pairs candidate_pairs finds: each image's group, as the index of
-    its group's first image (its own index when it has no near-copy). hashes: each image's
-    perceptual_hashes."""
-    parent = list(range(len(hashes)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    """Each image's near-duplicate group, as the index of the group's first image (its own
+    index when it has no near-copy): the sets of the pairs candidate_pairs finds. hashes:
+    each image's perceptual_hashes."""
+    parent = np.arange(len(hashes))
     if distance > 0 and len(hashes) > 1:
         for batch in _pair_batches(np.array(hashes, dtype=np.uint64), distance):
-            for i, j in np.unique(batch, axis=0).tolist():
-                a, b = root(i), root(j)
-                parent[max(a, b)] = min(a, b)
-    return [root(i) for i in range(len(hashes))]
+            _union(parent, batch)
+    return parent.tolist()
