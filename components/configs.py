@@ -109,6 +109,15 @@ RESIZE_MODE = "stretch"
 IMAGE_FORMAT = "jpeg"
 IMAGE_FORMATS = ("jpeg", "raw")
 MAX_IMAGE_PIXELS = 100_000_000  # Decompression-bomb guard: larger images are rejected.
+# Near-duplicate groups (components/near_duplicates.py): images whose 64-bit perceptual
+# hashes differ by at most this many bits go to one split (0: off). 4 by measurement (README,
+# Near-duplicates): it finds resized, re-encoded, brightened and 5%-cropped copies, and on the
+# bundled sample only 5 groups of look-alikes; 6 chains many distinct ones.
+NEAR_DUPLICATE_DISTANCE = 4
+MAX_NEAR_DUPLICATE_DISTANCE = 12
+# Each image is also hashed with this fraction of its width, height or both cut at one side
+# or half at each, so copies cropped so are found too.
+NEAR_DUPLICATE_CROP = 0.05
 MIN_IMAGES_PER_CLASS = 5
 MAX_REJECTED_FRACTION = 0.1
 NUM_WORKERS = 0  # 0: one worker process per CPU of the machine running the step.

@@ -214,6 +214,17 @@ def _scalars_table(result: dict) -> str:
     return f"<table><tr><th>metric</th>{header}</tr>\n{rows}</table>"
 
 
+def _data_paragraph(summary: dict) -> str:
+    """Preprocess's counts: what went in, and the near-duplicate groups kept whole."""
+    if not summary:
+        return ""
+    return (f"<p>Data: {summary['inputs']} input files: {summary['written']} written, "
+            f"{summary['duplicates']} exact duplicates, {summary['rejected']} rejected; "
+            f"{summary.get('near_duplicate_groups', 0)} near-duplicate groups "
+            f"({summary.get('near_duplicate_images', 0)} images), each kept in one split, so "
+            "no test image has a near-copy in train.</p>")
+
+
 def render_report(result: dict, predictions: Predictions, class_names: list[str],
                   train_history: dict, fine_tune_history: dict) -> str:
     """One HTML file, every image embedded as a data URI, so it opens anywhere."""
@@ -234,6 +245,7 @@ table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{text-align:left}}
 </style></head><body>
 <h1>Evaluation on the test split ({result['num_examples']} images)</h1>
+{_data_paragraph(result.get("data", {}))}
 {_scalars_table(result)}
 <p>Export: <b>{'approved' if gate.get('approved') else 'held back'}</b>:
 {html.escape(gate.get('reason', ''))}.</p>
@@ -256,10 +268,12 @@ def evaluate(model_path: str, dataset_dir: str, batch_size: int, top_k: int,
     """The evaluate step's work: metrics on the test split and the gate's decision, compared
     with the baseline model on the same split when one is given. With initial_model_path
     (the model before training: backbone and untrained head) its metrics are in "initial"."""
-    class_names = tfrecords.read_metadata(dataset_dir)["class_names"]
+    metadata = tfrecords.read_metadata(dataset_dir)
+    class_names = metadata["class_names"]
     predictions = predict_split(keras.models.load_model(model_path), dataset_dir, "test",
                                 batch_size)
     result = compute_metrics(predictions.labels, predictions.probs, class_names, top_k)
+    result["data"] = metadata.get("summary", {})  # Preprocess's counts, for the report.
     if initial_model_path:
         initial = predict_split(keras.models.load_model(initial_model_path), dataset_dir,
                                 "test", batch_size, keep_wrong=0)

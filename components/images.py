@@ -7,12 +7,12 @@ through components.sources.
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from components import configs, sources
+from components import configs, near_duplicates, sources
 
 RESIZE_MODES = ("stretch", "pad", "crop")
 WHITE = (255, 255, 255)
@@ -45,6 +45,7 @@ class Encoded:
     rejected."""
     sha256: str
     encoded: bytes = b""
+    phashes: list[int] = field(default_factory=list)  # near_duplicates.perceptual_hashes
     reason: str = ""
     detail: str = ""
 
@@ -85,10 +86,9 @@ def _read_error(error: OSError) -> Rejected:
     return Rejected(reason, str(error))
 
 
-def encode_image(data: bytes, options: EncodeOptions) -> bytes:
-    """Decodes any PIL-readable image, applies EXIF orientation, converts to 8-bit RGB,
-    resizes to image_size x image_size and returns it in options.image_format: JPEG bytes, or
-    the raw uint8 pixels (height, width, RGB; what tf.io.decode_raw reads). Raises Rejected."""
+def load_image(data: bytes, options: EncodeOptions) -> Image.Image:
+    """Decodes any PIL-readable image, applies EXIF orientation and converts to 8-bit RGB
+    (not yet resized). Raises Rejected, whatever the bytes: no input may stop the run."""
     try:
         with warnings.catch_warnings():
             # Our own limit below applies; PIL still refuses over twice its default.
@@ -100,41 +100,57 @@ def encode_image(data: bytes, options: EncodeOptions) -> bytes:
         raise Rejected("unreadable", "not an image PIL can identify") from error
     except OSError as error:  # A header cut short.
         raise _read_error(error) from error
+    except Exception as error:  # noqa: BLE001 - PIL's plugins raise many kinds on bad bytes.
+        raise Rejected("unreadable", f"{type(error).__name__}: {error}") from error
     with image:
         pixels = image.width * image.height
         if pixels > options.max_pixels:  # Checked on the header, before decoding.
             raise Rejected("too large", f"{image.width}x{image.height} = {pixels} pixels, "
                                         f"over max_image_pixels={options.max_pixels}")
-        # JPEG only: decode at the smallest 1/2^k scale still >= the target (much faster).
-        image.draft("RGB", (options.image_size, options.image_size))
         try:
+            # JPEG only: decode at the smallest 1/2^k scale still >= the target (faster), and
+            # >= the thumbnail near_duplicates hashes, so that hashes do not depend on it.
+            size = max(options.image_size, near_duplicates.THUMBNAIL)
+            image.draft("RGB", (size, size))
             image.load()
-            image = ImageOps.exif_transpose(image)
-            image = resize(to_rgb(image), options.image_size, options.resize_mode)
+            return to_rgb(ImageOps.exif_transpose(image))
         except OSError as error:
             raise _read_error(error) from error
-        except (ValueError, SyntaxError, EOFError) as error:
-            raise Rejected("unreadable", str(error)) from error
-        if options.image_format == "raw":
-            return image.tobytes()
-        out = io.BytesIO()
-        image.save(out, format="JPEG", quality=configs.JPEG_QUALITY)
+        except Exception as error:  # noqa: BLE001 - as above (ValueError, SyntaxError, ...).
+            raise Rejected("unreadable", f"{type(error).__name__}: {error}") from error
+
+
+def encode_loaded(image: Image.Image, options: EncodeOptions) -> bytes:
+    """An RGB image resized to image_size x image_size, in options.image_format: JPEG bytes,
+    or the raw uint8 pixels (height, width, RGB; what tf.io.decode_raw reads)."""
+    image = resize(image, options.image_size, options.resize_mode)
+    if options.image_format == "raw":
+        return image.tobytes()
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=configs.JPEG_QUALITY)
     return out.getvalue()
 
 
+def encode_image(data: bytes, options: EncodeOptions) -> bytes:
+    """load_image, then encode_loaded. Raises Rejected."""
+    return encode_loaded(load_image(data, options), options)
+
+
 def hash_and_encode(ref: str | bytes, options: EncodeOptions) -> Encoded:
-    """The worker task: one input (a path, bucket URI or the bytes themselves) in, its sha256
-    and encoded image (or rejection) out. Bucket objects are read here, in the worker, in
-    parallel."""
+    """The worker task: one input (a path, bucket URI or the bytes themselves) in, its sha256,
+    perceptual hashes and encoded image (or rejection) out. Bucket objects are read here, in
+    the worker, in parallel."""
     try:
         data = sources.read(ref)
     except FileNotFoundError as error:
         return Encoded("", reason="missing", detail=str(error))
-    except OSError as error:
-        return Encoded("", reason="unreadable", detail=str(error))
+    except OSError as error:  # No permission, a folder, a link loop, an I/O error.
+        return Encoded("", reason="unreadable", detail=error.strerror or str(error))
     result = Encoded(hashlib.sha256(data).hexdigest())
     try:
-        result.encoded = encode_image(data, options)
+        image = load_image(data, options)
+        result.phashes = near_duplicates.perceptual_hashes(image)
+        result.encoded = encode_loaded(image, options)
     except Rejected as rejected:
         result.reason, result.detail = rejected.reason, rejected.detail
     return result

@@ -22,7 +22,8 @@ def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ra
                test_ratio: float, seed: int, resize_mode: str, num_workers: int,
                shard_size_mb: int, min_images_per_class: int, max_rejected_fraction: float,
                max_image_pixels: int, previous_manifest: str, tfds_data_dir: str,
-               tfds_splits: str, image_format: str, dataset: Output[Dataset],
+               tfds_splits: str, image_format: str, near_duplicate_distance: int,
+               dataset: Output[Dataset],
                manifest: Output[Dataset], summary: Output[Metrics]):
     """Resizes, splits and writes the images as sharded TFRecords plus a manifest; the
     summary counts reconcile: inputs = written + duplicates + rejected."""
@@ -34,7 +35,8 @@ def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ra
                        max_rejected_fraction=max_rejected_fraction,
                        max_image_pixels=max_image_pixels, previous_manifest=previous_manifest,
                        shard_size_mb=shard_size_mb, tfds_data_dir=tfds_data_dir,
-                       tfds_splits=tfds_splits, image_format=image_format)
+                       tfds_splits=tfds_splits, image_format=image_format,
+                       near_duplicate_distance=near_duplicate_distance)
     dataset.metadata.update(lib.artifact_metadata(metadata))
     for name, value in metadata["summary"].items():
         summary.log_metric(name, value)
@@ -69,8 +71,9 @@ def preprocess_group(listing: Input[Dataset], group: int, groups: int, image_siz
 def preprocess_merge(parts: Input[List[Dataset]], train_ratio: float, validation_ratio: float,
                      test_ratio: float, seed: int, num_workers: int, shard_size_mb: int,
                      min_images_per_class: int, max_rejected_fraction: float,
-                     previous_manifest: str, dataset: Output[Dataset],
-                     manifest: Output[Dataset], summary: Output[Metrics]):
+                     previous_manifest: str, near_duplicate_distance: int,
+                     dataset: Output[Dataset], manifest: Output[Dataset],
+                     summary: Output[Metrics]):
     """Fan-out, last step: the groups' parts -> the same outputs as `preprocess`."""
     from pathlib import Path
 
@@ -81,7 +84,8 @@ def preprocess_merge(parts: Input[List[Dataset]], train_ratio: float, validation
                          shard_size_mb=shard_size_mb, num_workers=num_workers,
                          min_images_per_class=min_images_per_class,
                          max_rejected_fraction=max_rejected_fraction,
-                         previous_manifest=previous_manifest)
+                         previous_manifest=previous_manifest,
+                         near_duplicate_distance=near_duplicate_distance)
     dataset.metadata.update(lib.artifact_metadata(metadata))
     for name, value in metadata["summary"].items():
         summary.log_metric(name, value)

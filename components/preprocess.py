@@ -4,7 +4,9 @@ JPEG (or raw-pixel) TFRecords.
 Writes `<split>-NNNNN-of-NNNNN.tfrecord` shards and `metadata.json` (with a summary) into the
 dataset folder, and a Parquet manifest with one row per input file. Every input file ends in
 exactly one place: a split (status `written`), the duplicate list (`duplicate`), or the rejected
-list (`rejected`, with a reason from configs.REJECT_REASONS and a detail).
+list (`rejected`, with a reason from configs.REJECT_REASONS and a detail). Written images within
+near_duplicate_distance bits of perceptual hash (components/near_duplicates.py) form groups,
+and a group goes to one split: no test or validation image has a near-copy in train.
 
 Two stages, so that the work can fan out over pods: `encode_part` turns a list of input files
 into a part (a folder of framed TFRecord records, one spool file per chunk of files, and a table
@@ -25,14 +27,14 @@ import shutil
 import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from components import configs, images, sources, tfrecord_writer
+from components import configs, images, near_duplicates, sources, tfrecord_writer
 from components.errors import TlpError
 
 
@@ -52,6 +54,8 @@ class SourceFile:
     reason: str = ""
     detail: str = ""
     split: str | None = None
+    phashes: list[int] = field(default_factory=list)  # near_duplicates.perceptual_hashes
+    group: str = ""  # The sha256 of its near-duplicate group's first image; "" if alone.
     spool: str = ""  # The file holding its framed TFRecord record, at offset, length bytes.
     offset: int = 0
     length: int = 0
@@ -121,13 +125,14 @@ def _encode_chunk(task: tuple[str, list[SourceFile]],
     with open(spool_path, "wb") as spool:
         for source in chunk:
             result = images.hash_and_encode(source.ref, options)
-            source.sha256 = result.sha256
+            source.sha256, source.phashes = result.sha256, result.phashes
             if result.reason:
                 source.reject(result.reason, result.detail)
                 continue
             record = tfrecord_writer.frame(tfrecord_writer.serialize_example(
-                result.encoded, source.label_index, source.label, source.name, result.sha256,
-                options.image_size, options.image_format))
+                result.encoded, source.label_index, source.label,
+                sources.printable(source.name), result.sha256, options.image_size,
+                options.image_format))
             source.spool, source.offset, source.length = spool_path, spool.tell(), len(record)
             spool.write(record)
     return chunk
@@ -192,16 +197,36 @@ def read_pinned_splits(previous_manifest: str) -> dict[str, str]:
             if r["status"] == "written" and r["split"] in configs.SPLITS}
 
 
+def validate_near_duplicate_distance(distance: int) -> None:
+    if not 0 <= distance <= configs.MAX_NEAR_DUPLICATE_DISTANCE:
+        raise TlpError(f"near_duplicate_distance={distance} must be between 0 (off) and "
+                       f"{configs.MAX_NEAR_DUPLICATE_DISTANCE} bits of 64.")
+
+
+def group_near_duplicates(files: list[SourceFile], distance: int) -> None:
+    """Sets `group` on the written images that have near-copies (near_duplicates.group):
+    the sha256 of the group's first image by sha256, so groups depend on the images only,
+    never on their order or the parts they were encoded in."""
+    usable = sorted((s for s in files if s.status == "written"), key=lambda s: s.sha256)
+    roots = near_duplicates.group([s.phashes for s in usable], distance)
+    sizes = Counter(roots)
+    for source, root in zip(usable, roots):
+        source.group = usable[root].sha256 if sizes[root] > 1 else ""
+
+
 def assign_splits(files: list[SourceFile], ratios: dict[str, float], seed: int,
                   pinned: dict[str, str] | None = None) -> None:
-    """Stratified split that is stable under change.
+    """Stratified split that is stable under change, and keeps near-duplicate groups whole.
 
     Guarantee: (1) an image in `pinned` (the previous manifest's sha256 -> split) keeps its
-    split, so adding images never moves one already split; (2) the other images of each
-    class are taken in an order given only by sha256(seed, image sha256) and each goes to the
-    split furthest below its target (ratio x images so far). Starting from no pinned images
-    this keeps every split of every class within one image of ratio x class size, at every
-    step; starting from a pinned split that was within one, it stays within one; starting
+    split, so adding images never moves one already split; (2) the other images are taken
+    in units, a near-duplicate group (`group`) or else one image, in an order given only by
+    sha256(seed, the group's or image's sha256), and each unit goes whole to the split
+    furthest below its target (ratio x images so far, summed over the unit's classes); a
+    unit with pinned images goes to their (most common) split, its pinned images staying
+    put. Without groups and starting from no pinned images this keeps every split of every
+    class within one image of ratio x class size, at every step (within a group's size with
+    groups); starting from a pinned split that was within one, it stays within one; starting
     from one that was off (other ratios), new images close the gap as fast as possible.
     The result depends on image contents and the seed, not on file names or order.
     No rule can do both without the previous assignment: a split that never moves an image
@@ -211,25 +236,31 @@ def assign_splits(files: list[SourceFile], ratios: dict[str, float], seed: int,
     when given the previous manifest (else images near the cut points may move).
     """
     pinned = pinned or {}
-    by_class: dict[int, list[SourceFile]] = defaultdict(list)
+    units: dict[str, list[SourceFile]] = defaultdict(list)
     for source in files:
-        by_class[source.label_index].append(source)
-    for members in by_class.values():
-        counts = Counter()
-        fresh = []
+        units[source.group or source.sha256].append(source)
+    counts: dict[int, Counter] = defaultdict(Counter)
+    totals: Counter = Counter()
+
+    def place(members: list[SourceFile], split: str) -> None:
         for source in members:
-            source.split = pinned.get(source.sha256)
-            if source.split:
-                counts[source.split] += 1
-            else:
-                fresh.append(source)
-        fresh.sort(key=lambda s: _hash_order(s.sha256, seed))
-        total = len(members) - len(fresh)
-        for source in fresh:
-            total += 1
-            source.split = max(configs.SPLITS,
-                               key=lambda split: ratios[split] * total - counts[split])
-            counts[source.split] += 1
+            source.split = split
+            counts[source.label_index][split] += 1
+
+    fresh_units = []
+    for key, members in units.items():
+        kept = Counter(pinned[s.sha256] for s in members if s.sha256 in pinned)
+        if kept:  # Pinned images keep their split; new ones join the most common.
+            totals.update(s.label_index for s in members)
+            for source in members:
+                place([source], pinned.get(source.sha256, kept.most_common(1)[0][0]))
+        else:
+            fresh_units.append((_hash_order(key, seed), members))
+    for _, members in sorted(fresh_units, key=lambda unit: unit[0]):
+        classes = Counter(s.label_index for s in members)
+        totals.update(classes)
+        place(members, max(configs.SPLITS, key=lambda split: sum(
+            ratios[split] * totals[label] - counts[label][split] for label in classes)))
 
 
 def plan_shards(members: list[SourceFile], split: str,
@@ -266,15 +297,19 @@ def write_shards(shards: dict[str, list[SourceFile]], output_dir: Path,
 
 
 def summarize(files: list[SourceFile]) -> dict[str, int]:
-    """Counts that reconcile: inputs = written + duplicates + rejected."""
+    """Counts that reconcile: inputs = written + duplicates + rejected; and the
+    near-duplicate groups among the written images, and the images in them."""
     statuses = Counter(s.status for s in files)
     unaccounted = set(statuses) - set(configs.STATUSES)
     if unaccounted:  # A bug, not a user error: never write a dataset that loses files.
         raise RuntimeError(f"files left with status {unaccounted}")
     reasons = Counter(s.reason for s in files if s.status == "rejected")
     splits = Counter(s.split for s in files if s.status == "written")
+    groups = Counter(s.group for s in files if s.group)
     return {"inputs": len(files), "written": statuses["written"],
             "duplicates": statuses["duplicate"], "rejected": statuses["rejected"],
+            "near_duplicate_groups": len(groups),
+            "near_duplicate_images": sum(groups.values()),
             **{f"rejected_{r.replace(' ', '_')}": reasons[r] for r in configs.REJECT_REASONS},
             **{f"{split}_examples": splits[split] for split in configs.SPLITS}}
 
@@ -302,17 +337,25 @@ def check_outcome(files: list[SourceFile], class_names: list[str], summary: dict
 
 
 _MANIFEST_COLUMNS = {"source_path": pa.string(), "label": pa.string(),
-                     "label_index": pa.int32(), "split": pa.string(), "sha256": pa.string(),
-                     "status": pa.string(), "reason": pa.string(), "detail": pa.string()}
-# A part's table also says where each file's record lies, relative to the part folder.
-_PART_COLUMNS = {**_MANIFEST_COLUMNS, "spool": pa.string(), "offset": pa.int64(),
-                 "length": pa.int64()}
+                     "label_index": pa.int32(), "split": pa.string(), "group": pa.string(),
+                     "sha256": pa.string(), "phash": pa.string(), "status": pa.string(),
+                     "reason": pa.string(), "detail": pa.string()}
+# A part's table also holds each file's path as bytes (a name need not be UTF-8), all its
+# perceptual hashes, and where its record lies, relative to the part folder.
+_PART_COLUMNS = {**_MANIFEST_COLUMNS, "path_bytes": pa.binary(),
+                 "phashes": pa.list_(pa.uint64()), "spool": pa.string(),
+                 "offset": pa.int64(), "length": pa.int64()}
 
 
 def _write_table(files: list[SourceFile], path: Path, columns: dict) -> None:
-    rows = [{"source_path": s.path, "label": s.label, "label_index": s.label_index,
-             "split": s.split if s.status == "written" else None, "sha256": s.sha256 or None,
-             "status": s.status, "reason": s.reason or None, "detail": s.detail or None,
+    rows = [{"source_path": sources.printable(s.path), "label": s.label,
+             "label_index": s.label_index,
+             "split": s.split if s.status == "written" else None, "group": s.group or None,
+             "sha256": s.sha256 or None,
+             "phash": near_duplicates.to_hex(s.phashes[0]) if s.phashes else None,
+             "status": s.status, "reason": s.reason or None,
+             "detail": sources.printable(s.detail) or None,
+             "path_bytes": os.fsencode(s.path), "phashes": s.phashes,
              "spool": os.path.basename(s.spool), "offset": s.offset, "length": s.length}
             for s in files]
     table = pa.Table.from_pylist(rows, schema=pa.schema(columns))
@@ -336,10 +379,11 @@ def load_part(part_dir: Path) -> tuple[dict, list[SourceFile]]:
     info = json.loads((part_dir / PART_INFO).read_text())
     files = []
     for row in pq.read_table(part_dir / PART_FILES).to_pylist():
-        source = SourceFile(row["source_path"], row["label"], row["label_index"],
+        source = SourceFile(os.fsdecode(row["path_bytes"]), row["label"], row["label_index"],
                             sha256=row["sha256"] or "", status=row["status"],
                             reason=row["reason"] or "", detail=row["detail"] or "",
-                            offset=row["offset"], length=row["length"])
+                            phashes=row["phashes"], offset=row["offset"],
+                            length=row["length"])
         source.spool = str(part_dir / row["spool"]) if row["spool"] else ""
         files.append(source)
     return info, files
@@ -401,8 +445,10 @@ def merge(part_dirs: list[Path], output_dir: str, manifest_path: str, train_rati
           shard_size_mb: int = configs.SHARD_SIZE_MB, num_workers: int = configs.NUM_WORKERS,
           min_images_per_class: int = configs.MIN_IMAGES_PER_CLASS,
           max_rejected_fraction: float = configs.MAX_REJECTED_FRACTION,
-          previous_manifest: str = configs.PREVIOUS_MANIFEST) -> dict:
-    """Parts -> the dataset: duplicates resolved across all parts, splits assigned, the
+          previous_manifest: str = configs.PREVIOUS_MANIFEST,
+          near_duplicate_distance: int = configs.NEAR_DUPLICATE_DISTANCE) -> dict:
+    """Parts -> the dataset: duplicates resolved and near-duplicates grouped across all
+    parts, splits assigned, the
     manifest, the shards and metadata.json written; returns the metadata (with `summary`).
     The manifest is written even when the outcome checks then fail, to show why."""
     info, files = _read_parts(part_dirs)
@@ -414,14 +460,15 @@ def merge(part_dirs: list[Path], output_dir: str, manifest_path: str, train_rati
     usable = [s for s in files if s.status == "pending"]
     for source in usable:
         source.status = "written"
+    group_near_duplicates(usable, near_duplicate_distance)
     assign_splits(usable, {"train": train_ratio, "validation": validation_ratio,
                            "test": test_ratio}, seed, read_pinned_splits(previous_manifest))
     summary = summarize(files)
     write_manifest(files, Path(manifest_path))
     for source in files:
         if source.status == "rejected":
-            print(f"preprocess: rejected {source.path}: {source.reason}: {source.detail}",
-                  flush=True)
+            print(f"preprocess: rejected {sources.printable(source.path)}: {source.reason}: "
+                  f"{sources.printable(source.detail)}", flush=True)
     check_outcome(files, class_names, summary, min_images_per_class, max_rejected_fraction)
     metadata = {"class_names": class_names, "num_classes": len(class_names),
                 "image_size": info["image_size"], "image_format": info["image_format"],
@@ -444,7 +491,10 @@ def merge(part_dirs: list[Path], output_dir: str, manifest_path: str, train_rati
     partial.replace(out / configs.METADATA_FILE)  # Last: its presence marks a finished run.
     print(f"preprocess: {summary['inputs']} files: {summary['written']} written "
           f"{metadata['num_examples']}, {summary['duplicates']} duplicates, "
-          f"{summary['rejected']} rejected; {len(class_names)} classes in {out}", flush=True)
+          f"{summary['rejected']} rejected; {summary['near_duplicate_images']} images in "
+          f"{summary['near_duplicate_groups']} near-duplicate groups (each in one split; "
+          f"largest {max(Counter(s.group for s in usable if s.group).values(), default=0)}); "
+          f"{len(class_names)} classes in {out}", flush=True)
     return metadata
 
 
@@ -464,9 +514,11 @@ def run(data_dir: str, output_dir: str, manifest_path: str, image_size: int,
         shard_size_mb: int = configs.SHARD_SIZE_MB,
         tfds_data_dir: str = configs.TFDS_DATA_DIR,
         tfds_splits: str = configs.TFDS_SPLITS,
-        image_format: str = configs.IMAGE_FORMAT) -> dict:
+        image_format: str = configs.IMAGE_FORMAT,
+        near_duplicate_distance: int = configs.NEAR_DUPLICATE_DISTANCE) -> dict:
     """The whole preprocess step in one process pool: one group, then the merge."""
     validate_ratios(train_ratio, validation_ratio, test_ratio)
+    validate_near_duplicate_distance(near_duplicate_distance)
     class_names, files = list_inputs(data_dir, tfds_data_dir, tfds_splits)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -482,4 +534,5 @@ def run(data_dir: str, output_dir: str, manifest_path: str, image_size: int,
                      test_ratio, seed, shard_size_mb=shard_size_mb, num_workers=num_workers,
                      min_images_per_class=min_images_per_class,
                      max_rejected_fraction=max_rejected_fraction,
-                     previous_manifest=previous_manifest)
+                     previous_manifest=previous_manifest,
+                     near_duplicate_distance=near_duplicate_distance)

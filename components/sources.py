@@ -2,8 +2,10 @@
 
 A source (the `data_dir` parameter) is one of:
 - a folder with one sub-folder per class, local or in a bucket (`gs://bucket/prefix`,
-  `s3://bucket/prefix`): `<folder>/<class>/<image>`; hidden files and files directly in the
-  folder are ignored, files of other types are listed as rejected (`unsupported`);
+  `s3://bucket/prefix`): `<folder>/<class>/<image>`, sub-folders of a class folder included;
+  every entry `ls -R` shows is listed, hidden ones excepted: files of other types are
+  rejected (`unsupported`), files directly in the folder too (`unlabelled`), and so are
+  dangling links (`missing`), link loops and entries that cannot be read (`unreadable`);
 - a listing: a `.csv` or `.parquet` file, local or in a bucket, with `path` and `label`
   columns; relative paths are resolved against the listing's folder; rows without a path or
   label are listed as rejected (`missing`, `unlabelled`);
@@ -12,9 +14,12 @@ A source (the `data_dir` parameter) is one of:
 Images of files and bucket objects are read later, by the worker processes (`read`); those of a
 TFDS dataset are read here, in one pass over its records, and held in memory.
 """
+import errno
 import io
+import os
 import re
-from collections.abc import Iterable
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,50 +97,128 @@ def read(ref: str | bytes) -> bytes:
     storage; bytes pass through. Raises FileNotFoundError (storage's MissingError) for a file
     that does not exist (a rejection), TlpError when the store cannot be used at all (a
     missing bucket, denied access: a failed run)."""
-    return ref if isinstance(ref, bytes) else storage.read_bytes(ref)
+    if isinstance(ref, bytes):
+        return ref
+    if not storage.is_remote(ref) and stat.S_IFMT(os.stat(ref).st_mode) not in (stat.S_IFREG,
+                                                                                 stat.S_IFDIR):
+        # A FIFO or device a listing names: reading it could block or never end.
+        raise OSError(errno.EINVAL, "not a regular file", ref)
+    return storage.read_bytes(ref)
 
 
-def _class_folders(source: str) -> dict[str, list[str]]:
-    """class name -> its files (sorted URIs); hidden paths and top-level files left out."""
-    if storage.is_remote(source):
-        prefix = source.rstrip("/") + "/"
-        files = [uri for uri in storage.list_files(source) if uri.startswith(prefix)]
-        if not files:
-            raise TlpError(f"no objects under {source}: pass --data-dir with a prefix holding "
-                           "one sub-folder of images per class.")
-        relative = [(uri, uri[len(prefix):]) for uri in files]
-        classes = {}
-    else:
-        root = Path(source)
-        if not root.is_dir():
-            raise TlpError(f"data folder {root} does not exist or is not a folder: pass "
-                           f"--data-dir with {FORMS}.")
-        relative = [(str(p), p.relative_to(root).as_posix())
-                    for p in sorted(root.rglob("*")) if p.is_file()]
-        # Local class folders may be empty, and are then an error like any class without images.
-        classes = {d.name: [] for d in root.iterdir() if d.is_dir()
-                   and not d.name.startswith(".")}
-    for uri, path in relative:
-        parts = path.split("/")
-        if len(parts) > 1 and not any(part.startswith(".") for part in parts):
-            classes.setdefault(parts[0], []).append(uri)
-    return dict(sorted(classes.items()))
+def _bucket_folders(source: str) -> tuple[dict[str, list[Entry]], list[Entry]]:
+    """class name -> its objects' entries; and the objects directly under the prefix. Hidden
+    paths are left out."""
+    prefix = source.rstrip("/") + "/"
+    files = [uri for uri in storage.list_files(source) if uri.startswith(prefix)]
+    if not files:
+        raise TlpError(f"no objects under {source}: pass --data-dir with a prefix holding "
+                       "one sub-folder of images per class.")
+    classes: dict[str, list[Entry]] = {}
+    top = []
+    for uri in files:
+        parts = uri[len(prefix):].split("/")
+        if any(part.startswith(".") for part in parts):
+            continue
+        if len(parts) == 1:
+            top.append(Entry(uri, ""))
+        else:
+            classes.setdefault(parts[0], []).append(Entry(uri, parts[0]))
+    return classes, top
+
+
+def _scan(folder: str, seen: set[tuple[int, int]], nested: bool = False) -> Iterator[Entry]:
+    """Every entry under a local folder, hidden ones excepted, in name order, as `ls -R`
+    shows them: files to read, the rest rejected. Links are followed, but a folder already
+    listed (a link loop) is rejected, never listed again."""
+    try:
+        with os.scandir(folder) as found:
+            names = sorted(entry.name for entry in found if not entry.name.startswith("."))
+    except OSError as error:
+        yield Entry(folder, "", reason="unreadable",
+                    detail=f"folder cannot be listed: {error.strerror or error}")
+        return
+    if not names and nested:  # Shown by ls -R, and holding nothing to account for it.
+        yield Entry(folder, "", reason="unsupported", detail="an empty folder")
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            status = os.stat(path)
+        except FileNotFoundError:
+            target = os.readlink(path) if os.path.islink(path) else path
+            yield Entry(path, "", reason="missing", detail=f"link to {target}, which "
+                                                              "does not exist")
+            continue
+        except OSError as error:  # A link loop (ELOOP), a name too long, no permission.
+            yield Entry(path, "", reason="unreadable", detail=error.strerror or str(error))
+            continue
+        if stat.S_ISDIR(status.st_mode):
+            key = (status.st_dev, status.st_ino)
+            if key in seen:
+                yield Entry(path, "", reason="unreadable",
+                            detail="a link back to a folder already listed (a loop)")
+                continue
+            seen.add(key)
+            yield from _scan(path, seen, nested=True)
+        elif stat.S_ISREG(status.st_mode):
+            yield Entry(path, "")
+        else:  # Reading a FIFO would block for ever; devices and sockets are no images.
+            yield Entry(path, "", reason="unsupported", detail="not a regular file")
+
+
+def _local_folders(source: str) -> tuple[dict[str, list[Entry]], list[Entry]]:
+    """class name -> the entries under its folder; and the entries directly in the root."""
+    root = Path(source)
+    if not root.is_dir():
+        raise TlpError(f"data folder {root} does not exist or is not a folder: pass "
+                       f"--data-dir with {FORMS}.")
+    seen = {(root.stat().st_dev, root.stat().st_ino)}
+    classes: dict[str, list[Entry]] = {}
+    top = []
+    for entry in _scan(str(root), seen):
+        relative = os.path.relpath(entry.uri, root)
+        if os.sep in relative:
+            classes.setdefault(relative.split(os.sep)[0], []).append(entry)
+        else:
+            top.append(entry)
+    # Local class folders may be empty, and are then an error like any class without images.
+    for name in os.listdir(root):
+        if not name.startswith(".") and (root / name).is_dir():
+            classes.setdefault(name, [])
+    return classes, top
 
 
 def _list_folder(source: str) -> Listing:
+    classes, top = (_bucket_folders if storage.is_remote(source) else _local_folders)(source)
     entries = []
-    for name, uris in _class_folders(source).items():
-        suffixes = [Path(uri).suffix.lower() for uri in uris]
-        if not any(suffix in configs.IMAGE_EXTENSIONS for suffix in suffixes):
-            raise TlpError(f"class folder {storage.join(source, name)} holds no images "
+    for entry in top:
+        if not entry.reason:
+            entry.reason = "unlabelled"
+            entry.detail = "directly in the data folder, in no class folder"
+        entries.append(entry)
+    for name, found in sorted(classes.items()):
+        label = printable(name)
+        if not any(Path(e.uri).suffix.lower() in configs.IMAGE_EXTENSIONS and not e.reason
+                   for e in found):
+            raise TlpError(f"class folder {storage.join(source, label)} holds no images "
                            f"({', '.join(sorted(configs.IMAGE_EXTENSIONS))}): add images or "
                            "remove the folder.")
-        for uri, suffix in zip(uris, suffixes):
-            entry = Entry(uri, name)
-            if suffix not in configs.IMAGE_EXTENSIONS:
-                entry.reason, entry.detail = "unsupported", f"file type {suffix!r}"
+        for entry in found:
+            entry.label = label
+            suffix = Path(entry.uri).suffix.lower()
+            if not entry.reason and suffix not in configs.IMAGE_EXTENSIONS:
+                entry.reason, entry.detail = "unsupported", f"file type {printable(suffix)!r}"
             entries.append(entry)
-    return Listing(sorted({e.label for e in entries}), entries)
+    return Listing(sorted(printable(name) for name in classes), entries)
+
+
+def printable(text: str) -> str:
+    """text as the manifest, logs and TFRecords can hold it: bytes of a name that are not
+    UTF-8 (os.fsdecode's surrogates) and control characters (a newline) as escapes."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():  # Nearly always: skip the loop over characters.
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _read_table(source: str) -> pa.Table:

@@ -90,6 +90,7 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     if params["image_format"] not in configs.IMAGE_FORMATS:
         raise TlpError(f"image_format={params['image_format']!r}; choose one of "
                        f"{', '.join(configs.IMAGE_FORMATS)}.")
+    preprocess.validate_near_duplicate_distance(params["near_duplicate_distance"])
     if not 0 <= params["max_rejected_fraction"] <= 1:
         raise TlpError(f"max_rejected_fraction={params['max_rejected_fraction']} must be "
                        "in [0, 1].")

@@ -160,6 +160,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
         min_images_per_class: int = configs.MIN_IMAGES_PER_CLASS,
         max_rejected_fraction: float = configs.MAX_REJECTED_FRACTION,
         max_image_pixels: int = configs.MAX_IMAGE_PIXELS,
+        near_duplicate_distance: int = configs.NEAR_DUPLICATE_DISTANCE,
         previous_manifest: str = configs.PREVIOUS_MANIFEST,
         tfds_data_dir: str = configs.TFDS_DATA_DIR,
         tfds_splits: str = configs.TFDS_SPLITS,
@@ -226,6 +227,9 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             min_images_per_class: Fail if a class keeps fewer usable images than this.
             max_rejected_fraction: Fail if a larger fraction of the input files is rejected.
             max_image_pixels: Reject larger images (guards against decompression bombs).
+            near_duplicate_distance: Images whose perceptual hashes differ by at most this
+                many bits of 64 (or those of their 5% crops) form a group, and a group goes
+                to one split, so no test image has a near-copy in train; 0: off.
             previous_manifest: Manifest of an earlier run: its images keep their split.
             tfds_data_dir: For tfds: sources, the folder the dataset is prepared in (empty:
                 TFDS's default).
@@ -298,6 +302,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             resize_mode=resize_mode, image_format=image_format, num_workers=num_workers,
             shard_size_mb=shard_size_mb, min_images_per_class=min_images_per_class,
             max_rejected_fraction=max_rejected_fraction, max_image_pixels=max_image_pixels,
+            near_duplicate_distance=near_duplicate_distance,
             previous_manifest=previous_manifest, tfds_data_dir=tfds_data_dir,
             tfds_splits=tfds_splits))
         dataset = prep.outputs["dataset"]

@@ -101,3 +101,14 @@ def test_head_phase_arms_time_and_score_each_way(tmp_path, tiny_dataset):
         assert (result["views"], result["seed"]) == (views, 1)
         assert result["seconds"] > 0 and 0 <= result["test_accuracy"] <= 1
         assert 0 <= result["val_accuracy"] <= 1
+
+
+def test_preprocess_benchmark_measures_hashing_and_grouping(tmp_path):
+    from bench import preprocess_throughput
+    from components import configs
+
+    files = sorted(configs.SAMPLE_DATA_DIR.glob("Bag/*.png"))[:3]
+    assert preprocess_throughput.hash_rate(files) > 0
+    groups, grouped, largest, seconds = preprocess_throughput.groups_found(
+        [[0, 0], [1, 1], [2**64 - 1] * 2, [2**32 - 1] * 2])  # 0 and 1 are 1 bit apart.
+    assert (groups, grouped, largest) == (1, 2, 2) and seconds >= 0

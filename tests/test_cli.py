@@ -13,11 +13,15 @@ def _arguments(argv):
 
 def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("epochs: 3\nimage-size: 96\nbackbone: EfficientNetB0\n")
+    config.write_text("epochs: 3\nimage-size: 96\nbackbone: EfficientNetB0\n"
+                      "near_duplicate_distance: 6\n")
     arguments = _arguments(["run", "--local", "--config", str(config), "--epochs", "7"])
     assert arguments["epochs"] == 7  # The flag beats the file.
     assert arguments["image_size"] == 96 and arguments["backbone"] == "EfficientNetB0"
     assert arguments["batch_size"] == configs.BATCH_SIZE
+    assert arguments["near_duplicate_distance"] == 6
+    assert _arguments(["run", "--local", "--near-duplicate-distance", "0"])[
+        "near_duplicate_distance"] == 0
     assert arguments["data_dir"] == str(configs.SAMPLE_DATA_DIR)
 
 
@@ -49,6 +53,8 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     (["--max-rejected-fraction", "1.5"], "max_rejected_fraction=1.5 must be in [0, 1]"),
     (["--min-images-per-class", "0"], "min_images_per_class=0 must be at least 1"),
     (["--previous-manifest", "/no/m.parquet"], "previous_manifest /no/m.parquet does not exist"),
+    (["--near-duplicate-distance", "13"], "near_duplicate_distance=13 must be between 0"),
+    (["--near-duplicate-distance", "-1"], "near_duplicate_distance=-1 must be between 0"),
 ])
 def test_bad_input_stops_with_one_clear_message(capsys, tmp_path, argv, message):
     assert cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"), *argv]) == 2

@@ -114,6 +114,17 @@ def test_report_shows_metrics_before_and_after_training():
     assert "<th>before training</th><th>after training</th><th>change</th>" in report
     assert "<tr><td>test accuracy</td><td>0.3750</td><td>0.7500</td><td>+0.3750</td></tr>" \
         in report
+    assert "near-duplicate" not in report  # No preprocess summary given.
+
+
+def test_report_counts_the_near_duplicate_groups():
+    result = evaluation.compute_metrics(LABELS, _probs(PREDICTED), CLASSES)
+    result["data"] = {"inputs": 12, "written": 9, "duplicates": 1, "rejected": 2,
+                      "near_duplicate_groups": 2, "near_duplicate_images": 5}
+    report = evaluation.render_report(result, evaluation.Predictions(
+        LABELS, _probs(PREDICTED), []), CLASSES, TRAIN_HISTORY, {})
+    assert ("12 input files: 9 written, 1 exact duplicates, 2 rejected; 2 near-duplicate "
+            "groups (5 images), each kept in one split") in report
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,8 @@ def test_preprocess_fan_out_runs_locally_and_matches_one_step(tmp_path, image_fo
     params = dict(image_size=32, train_ratio=0.6, validation_ratio=0.2, test_ratio=0.2,
                   seed=1, resize_mode="stretch", image_format="raw", num_workers=1, shard_size_mb=1,
                   min_images_per_class=1, max_rejected_fraction=0.1,
-                  max_image_pixels=configs.MAX_IMAGE_PIXELS, previous_manifest="")
+                  max_image_pixels=configs.MAX_IMAGE_PIXELS, previous_manifest="",
+                  near_duplicate_distance=configs.NEAR_DUPLICATE_DISTANCE)
 
     @dsl.pipeline(name="fan-out")
     def fan_out(data_dir: str):

@@ -1,14 +1,20 @@
 import io
+import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
-from components import preprocess
+from components import preprocess, sources, storage
 from components.errors import TlpError
 from conftest import make_image, make_image_folder
 
@@ -283,3 +289,96 @@ def test_groups_merged_give_the_dataset_of_one_step(tmp_path, image_folder):
     with pytest.raises(RuntimeError, match="do not make up one listing's 3 groups"):
         preprocess.merge(parts[:2], str(tmp_path / "out"), str(tmp_path / "m.parquet"),
                          0.6, 0.2, 0.2, 1)
+
+
+def _png_claiming(width: int, height: int, cut: bool = False) -> bytes:
+    """A small PNG whose header claims other dimensions (free to claim: a decompression
+    bomb); cut: its header chunk cut short."""
+    out = io.BytesIO()
+    make_image((200, 30, 30), (40, 30), 0).save(out, format="PNG")
+    data = out.getvalue()
+    body = struct.pack(">II", width, height) + data[24:29]
+    body = body[:4] if cut else body
+    chunk = b"IHDR" + body
+    return data[:8] + struct.pack(">I", len(body)) + chunk + struct.pack(
+        ">I", zlib.crc32(chunk)) + data[33:]
+
+
+def _awkward_folder(root: Path) -> dict[str, tuple[str, str]]:
+    """Every kind of entry a user's folder may hold, beside 6 good images per class:
+    name (relative, as bytes) -> the (status, reason) it must end with."""
+    data = make_image_folder(root, {"red": 6, "green": 6})
+    red, green = data / "red", data / "green"
+    good = make_image((200, 30, 30), (40, 30), 99)
+    expected = {}
+
+    def add(name: bytes, status: str, reason: str | None) -> Path:
+        expected[name] = (status, reason)
+        return Path(os.fsdecode(bytes(data) + b"/" + name))
+
+    add(b"red/zero.jpg", "rejected", "unreadable").write_bytes(b"")
+    jpeg = io.BytesIO()
+    good.save(jpeg, format="JPEG")
+    add(b"red/truncated.jpg", "rejected", "truncated").write_bytes(jpeg.getvalue()[:400])
+    add(b"red/text.png", "rejected", "unreadable").write_text("hello, I am text")
+    add(b"red/bomb.png", "rejected", "too large").write_bytes(_png_claiming(100_000, 100_000))
+    add(b"red/cut-header.png", "rejected", "unreadable").write_bytes(
+        _png_claiming(40, 30, cut=True))  # PIL raises ValueError: it stopped the run.
+    good.convert("CMYK").save(add(b"red/cmyk.jpg", "written", None))
+    Image.fromarray((np.arange(1200).reshape(30, 40) * 50).astype(np.uint16)).save(
+        add(b"red/16-bit.png", "written", None))
+    palette = good.convert("P")
+    palette.info["transparency"] = 0
+    palette.save(add(b"red/palette-transparent.png", "written", None))
+    frames = [make_image((200, 30, 30), (40, 30), seed) for seed in (100, 101)]
+    frames[0].save(add(b"red/animated.gif", "written", None), save_all=True,
+                   append_images=frames[1:])
+    make_image((200, 30, 30), (40, 30), 102).save(add(b"red/new\nline.png", "written", None))
+    make_image((200, 30, 30), (40, 30), 103).save(add(b"red/caf\xe9.png", "written", None))
+    (red / "folder.jpg").mkdir()  # A folder named like an image: its contents count.
+    make_image((200, 30, 30), (40, 30), 104).save(add(b"red/folder.jpg/inner.png", "written",
+                                                      None))
+    add(b"red/empty.png", "rejected", "unsupported").mkdir()
+    add(b"green/gone.jpg", "rejected", "missing").symlink_to("/nonexistent/x.jpg")
+    add(b"green/loop", "rejected", "unreadable").symlink_to(green)  # Never followed.
+    add(b"green/self.jpg", "rejected", "unreadable").symlink_to(green / "self.jpg")
+    os.mkfifo(add(b"green/pipe.jpg", "rejected", "unsupported"))  # Reading would block.
+    add(b"green/locked.png", "rejected", "unreadable").write_bytes(
+        (green / "green-000.png").read_bytes() + b"locked")
+    add(b"README.md", "rejected", "unlabelled").write_text("about these images")
+    (green / ".DS_Store").write_bytes(b"hidden: not listed")
+    for i in range(6):
+        for name in ("red", "green"):
+            expected[f"{name}/{name}-{i:03d}.png".encode()] = ("written", None)
+    return expected
+
+
+def test_no_entry_stops_the_run_and_every_one_is_accounted_for(tmp_path, monkeypatch):
+    """What `ls -R` shows, hidden files excepted, is each in the manifest: used or rejected
+    with a reason. Unreadable files are chmod 000, and (as root reads them anyway) also
+    refused by a patched read."""
+    expected = _awkward_folder(tmp_path / "images")
+    locked = tmp_path / "images" / "green" / "locked.png"
+    locked.chmod(0)
+    read_bytes = storage.read_bytes
+
+    def refuse_locked(uri):
+        if uri == str(locked):
+            raise PermissionError(13, "Permission denied", uri)
+        return read_bytes(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", refuse_locked)
+    metadata, rows = _run(tmp_path / "images", tmp_path, max_image_pixels=10_000_000,
+                          max_rejected_fraction=1.0)
+    prefix = f"{tmp_path / 'images'}/"
+    outcome = {sources.printable(os.fsdecode(name)): value for name, value in expected.items()}
+    assert {row["source_path"].removeprefix(prefix): (row["status"], row["reason"])
+            for row in rows} == outcome
+    assert len(rows) == len(expected)
+    by_name = {row["source_path"].removeprefix(prefix): row for row in rows}
+    assert "red/new\\nline.png" in by_name and "red/caf\\xe9.png" in by_name
+    assert by_name["green/gone.jpg"]["detail"] == "link to /nonexistent/x.jpg, which does " \
+                                                  "not exist"
+    summary = metadata["summary"]
+    assert summary["inputs"] == len(expected) == summary["written"] + summary["rejected"]
+    assert summary["rejected_unlabelled"] == 1 and summary["rejected_missing"] == 1

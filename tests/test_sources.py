@@ -2,6 +2,7 @@
 import csv
 import io
 import multiprocessing
+import os
 from collections import Counter
 
 import numpy as np
@@ -52,7 +53,7 @@ def test_malformed_sources_are_named(source, message):
         sources.kind(source)
 
 
-def test_folder_ignores_hidden_and_top_level_files_and_rejects_other_types(tmp_path):
+def test_folder_ignores_hidden_files_and_rejects_top_level_files_and_other_types(tmp_path):
     data = make_image_folder(tmp_path / "images", {"red": 2, "blue": 2})
     (data / "README.md").write_text("about the data")
     (data / "red" / ".DS_Store").write_bytes(b"x")
@@ -62,6 +63,7 @@ def test_folder_ignores_hidden_and_top_level_files_and_rejects_other_types(tmp_p
     listing = sources.list_source(str(data))
     assert listing.class_names == ["blue", "red"]
     assert [(e.uri.removeprefix(f"{data}/"), e.label, e.reason) for e in listing.entries] == [
+        ("README.md", "", "unlabelled"),
         ("blue/blue-000.png", "blue", ""), ("blue/blue-001.png", "blue", ""),
         ("blue/notes.txt", "blue", "unsupported"),
         ("red/red-000.png", "red", ""), ("red/red-001.png", "red", "")]
@@ -205,14 +207,14 @@ def bucket(request) -> str:
 def test_bucket_folder_gives_the_same_dataset_as_the_local_folder(bucket, tmp_path):
     data = make_image_folder(tmp_path / "images", {"red": 5, "green": 5})
     (data / "green" / "notes.txt").write_text("text")
-    (data / "LICENSE").write_text("top-level files are not images of a class")
+    (data / "LICENSE").write_text("top-level files are in no class: rejected")
     storage.upload_dir(data, f"{bucket}/flowers")
     local, _ = _run(data, tmp_path / "local")
     # Two workers, each reading its objects itself after the parent listed the bucket.
     remote, rows = _run(f"{bucket}/flowers/", tmp_path / "remote", num_workers=2)
     assert remote == local
     assert sorted(r["source_path"] for r in rows) == sorted(
-        [f"{bucket}/flowers/green/notes.txt"]
+        [f"{bucket}/flowers/green/notes.txt", f"{bucket}/flowers/LICENSE"]
         + [f"{bucket}/flowers/{c}/{c}-00{i}.png" for c in ("red", "green") for i in range(5)])
     for shard in (tmp_path / "local" / "out").glob("*.tfrecord"):
         assert shard.read_bytes() == (tmp_path / "remote" / "out" / shard.name).read_bytes()
@@ -260,3 +262,40 @@ def test_forked_workers_read_objects_intact_after_the_parent_used_the_client(buc
         uris = storage.list_files(f"{bucket}/o")  # The parent's client holds a connection.
         with multiprocessing.get_context("fork").Pool(4) as pool:
             assert pool.map(sources.read, uris, chunksize=1) == [blobs[u] for u in uris]
+
+
+def test_a_listing_naming_a_fifo_or_a_folder_rejects_them_without_blocking(tmp_path):
+    data = make_image_folder(tmp_path / "listed", {"red": 5, "green": 5})
+    os.mkfifo(data / "pipe.png")
+    (data / "folder.png").mkdir()
+    rows = [(f"{c}/{c}-00{i}.png", c) for c in ("red", "green") for i in range(5)]
+    rows += [("pipe.png", "red"), ("folder.png", "green")]
+    (data / "list.csv").write_text("path,label\n" + "".join(f"{p},{l}\n" for p, l in rows))
+    _, manifest = _run(data / "list.csv", tmp_path, max_rejected_fraction=1.0)
+    rejected = {r["source_path"].rsplit("/", 1)[-1]: (r["reason"], r["detail"])
+                for r in manifest if r["status"] == "rejected"}
+    assert rejected == {"pipe.png": ("unreadable", "not a regular file"),
+                        "folder.png": ("unreadable", "Is a directory")}
+
+
+def test_a_folder_that_cannot_be_listed_is_rejected_with_its_reason(tmp_path, monkeypatch):
+    """chmod 000, and (root lists it anyway) a patched os.scandir refusing it."""
+    data = make_image_folder(tmp_path / "images", {"red": 2, "blue": 2})
+    locked = data / "red" / "locked"
+    locked.mkdir()
+    (locked / "x.png").write_bytes((data / "red" / "red-000.png").read_bytes())
+    locked.chmod(0)
+    scandir = os.scandir
+
+    def refuse(path):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(sources.os, "scandir", refuse)
+    try:
+        entries = sources.list_source(str(data)).entries
+    finally:
+        locked.chmod(0o755)
+    assert [(e.uri, e.label, e.reason, e.detail) for e in entries if e.reason] == [
+        (str(locked), "red", "unreadable", "folder cannot be listed: Permission denied")]
