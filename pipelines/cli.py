@@ -6,6 +6,7 @@ flags win over the config file, which wins over the defaults in components/confi
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,10 +70,36 @@ def _explicit_arguments(args: argparse.Namespace, inputs: dict) -> dict:
     return arguments
 
 
-def pipeline_arguments(args: argparse.Namespace, local: bool) -> dict:
-    """Defaults < config file < flags; every parameter, validated."""
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow (validation needs Keras) without its C++ start-up notices: they
+    are logged before TensorFlow configures logging, ignore TF_CPP_MIN_LOG_LEVEL and go
+    straight to file descriptor 2. Held in a temporary file, they are shown only if the
+    import fails."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            held.seek(0)
+            os.write(saved, held.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _validator():
+    """components.validation.validate_parameters, imported quietly."""
+    _import_tensorflow_quietly()
     from components.validation import validate_parameters
 
+    return validate_parameters
+
+
+def pipeline_arguments(args: argparse.Namespace, local: bool) -> dict:
+    """Defaults < config file < flags; every parameter, validated."""
+    validate_parameters = _validator()
     inputs = _pipeline_inputs()
     arguments = {name: spec.default for name, spec in inputs.items()}
     if local:
@@ -153,8 +180,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     from pipelines.pipeline import create_pipeline
 
-    from components.validation import validate_parameters
-
+    validate_parameters = _validator()
     inputs = _pipeline_inputs()
     overrides = _explicit_arguments(args, inputs)
     validate_parameters({**{name: spec.default for name, spec in inputs.items()}, **overrides},

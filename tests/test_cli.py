@@ -126,3 +126,36 @@ def test_a_failing_step_names_itself_and_its_log(capsys, tmp_path, image_folder,
         assert shown[start - 1].split()[:2] == ["train", "failed"]
         assert shown[start + 1:] == log.read_text().splitlines()[-configs.FAILURE_LOG_LINES:] + [
             f"--- the whole log: {log}"]
+
+
+def test_tensorflow_start_up_notices_stay_off_the_console(tmp_path):
+    """TensorFlow's C++ notices at import (absl, oneDNN) bypass TF_CPP_MIN_LOG_LEVEL: a fresh
+    `tlp compile`, which imports it to validate, prints none of them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tlp = Path(sys.executable).parent / "tlp"
+    run = subprocess.run([str(tlp), "compile", "-o", str(tmp_path / "p.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "absl::InitializeLog" not in run.stderr and "port.cc" not in run.stderr, run.stderr
+
+
+def test_a_failing_tensorflow_import_shows_what_it_printed(monkeypatch, capfd):
+    """The held notices come back when the import fails: they may say why."""
+    import builtins
+    import os
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "tensorflow":
+            os.write(2, b"libcudart.so.12: cannot open shared object file\n")
+            raise ImportError("no tensorflow")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ImportError):
+        cli._import_tensorflow_quietly()
+    assert "libcudart.so.12" in capfd.readouterr().err
