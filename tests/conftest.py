@@ -1,5 +1,6 @@
 """Shared fixtures: tiny labelled image folders made by the tests, one local run of the whole
 pipeline that several tests inspect, and local GCS and S3 servers with a fresh bucket each."""
+import builtins
 import io
 import os
 import socket
@@ -24,6 +25,16 @@ def make_image(colour: tuple[int, int, int], size: tuple[int, int], seed: int) -
     rng = np.random.default_rng(seed)
     pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255)
     return Image.fromarray(pixels.astype(np.uint8))
+
+
+@pytest.fixture(autouse=True)
+def _print_restored():
+    """A test that runs a ParallelFor with kfp.local directly (not through
+    progress.report_steps, which restores it) can leave builtins.print swapped for kfp's
+    indenting one; later tests in the same process would see every print indented."""
+    original = builtins.print
+    yield
+    builtins.print = original
 
 
 def make_image_folder(root: Path, per_class: dict[str, int], size=(40, 30),
