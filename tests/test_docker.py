@@ -3,6 +3,7 @@ compared with the subprocess run (`local_run`). The tests marked docker need a D
 and the image (`make image-cpu`); the default suite leaves them out and CI runs them in a session
 of their own with the other tests that use local_run (.ci/run)."""
 import importlib.metadata
+import io
 import importlib.util
 import json
 import os
@@ -19,9 +20,9 @@ import tensorflow as tf
 from components import configs, predict
 from components.errors import TlpError
 from conftest import e2e_arguments
+from test_progress import EPOCH_LINE, STEP_LINE, STEPS
 from pipelines import local_docker, runner
 
-STEPS = ("preprocess", "train", "fine-tune", "evaluate", "export")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -152,9 +153,18 @@ def examples(shard: Path) -> list[tf.train.Example]:
 @pytest.mark.docker
 def test_docker_run_produces_the_artifacts_of_the_subprocess_run(local_run, e2e_images,
                                                                  tmp_path_factory):
+    console = io.StringIO()
     docker = runner.run_local(e2e_arguments(e2e_images), tmp_path_factory.mktemp("docker"),
-                              configs.CPU_IMAGE)
+                              configs.CPU_IMAGE, console=console)
     subprocess, run = local_run.run_dir, docker.run_dir
+    # The same progress as without Docker: a line as each step starts and ends, one per
+    # epoch, and each step's whole log (its epoch markers included) in logs/.
+    shown = console.getvalue().splitlines()
+    assert [line.split()[0] for line in shown if STEP_LINE.match(line)] == [
+        step for step in STEPS for _ in range(2)]
+    assert sum(bool(EPOCH_LINE.match(line)) for line in shown) == 2, shown
+    for step in ("train", "fine-tune"):
+        assert configs.EPOCH_MARKER in (run / "logs" / f"{step}.log").read_text()
     for step in STEPS:
         assert step_files(run, step) == step_files(subprocess, step), step
     # Preprocess is deterministic: the same examples (protobuf does not fix the byte order
