@@ -448,9 +448,9 @@ def merge(part_dirs: list[Path], output_dir: str, manifest_path: str, train_rati
           previous_manifest: str = configs.PREVIOUS_MANIFEST,
           near_duplicate_distance: int = configs.NEAR_DUPLICATE_DISTANCE) -> dict:
     """Parts -> the dataset: duplicates resolved and near-duplicates grouped across all
-    parts, splits assigned, the
-    manifest, the shards and metadata.json written; returns the metadata (with `summary`).
-    The manifest is written even when the outcome checks then fail, to show why."""
+    parts, splits assigned, the manifest, the shards and metadata.json written; returns the
+    metadata (with `summary`). The manifest is written even when the outcome checks then
+    fail, to show why."""
     info, files = _read_parts(part_dirs)
     class_names = info["class_names"]
     out = Path(output_dir)

@@ -172,7 +172,8 @@ def _local_folders(source: str) -> tuple[dict[str, list[Entry]], list[Entry]]:
     if not root.is_dir():
         raise TlpError(f"data folder {root} does not exist or is not a folder: pass "
                        f"--data-dir with {FORMS}.")
-    seen = {(root.stat().st_dev, root.stat().st_ino)}
+    root_status = root.stat()
+    seen = {(root_status.st_dev, root_status.st_ino)}
     classes: dict[str, list[Entry]] = {}
     top = []
     for entry in _scan(str(root), seen):
