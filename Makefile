@@ -45,10 +45,13 @@ image-gpu:
 	$(BUILD) --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) --build-arg TENSORFLOW_FROM_BASE=true \
 		--build-arg EXTRAS=gpu -t $(call image,GPU) .
 
+# keras-hub goes in without its declared dependencies (pyproject.toml, [tool.tlp]): they would
+# add the full tensorflow wheel beside tensorflow-cpu.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $$($(BIN)/python docker/requirements.py --without-deps pyproject.toml)
 	touch $@
 
 clean:

@@ -6,9 +6,14 @@ jax[cuda12]==X replaces jax==X: the same version, with its CUDA plugin).
 
     python3 docker/requirements.py [--tensorflow-from-base true] [--extras gpu] pyproject.toml
         prints the requirements, one a line (docker/Dockerfile pipes them to pip install -r)
+    python3 docker/requirements.py --without-deps pyproject.toml
+        prints what is installed afterwards with `pip install --no-deps` ([tool.tlp]
+        install-without-deps: keras-hub, whose declared dependencies would pull the full
+        tensorflow wheel beside tensorflow-cpu; its real needs are among the dependencies)
     ... --check pyproject.toml
-        fails unless every pinned requirement is installed at its version (for jax[cudaNN],
-        jax-cudaNN-plugin too): the image build checks what it installed
+        fails unless every pinned requirement, those installed without dependencies
+        included, is installed at its version (for jax[cudaNN], jax-cudaNN-plugin too): the
+        image build checks what it installed
 
 Standard library only (and `packaging` for --check): it runs in the base image
 before anything is installed.
@@ -42,6 +47,11 @@ def requirements(pyproject: dict, tensorflow_from_base: bool = False,
             if name_of(requirement) not in replaced
             and not (tensorflow_from_base and TENSORFLOW.match(requirement))]
     return kept + added
+
+
+def without_deps(pyproject: dict) -> list[str]:
+    """What is installed with `pip install --no-deps` after requirements()."""
+    return list(pyproject.get("tool", {}).get("tlp", {}).get("install-without-deps", []))
 
 
 def check(lines: list[str]) -> list[str]:
@@ -85,12 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pyproject")
     parser.add_argument("--tensorflow-from-base", choices=("true", "false"), default="false")
     parser.add_argument("--extras", default="", help="comma-separated, e.g. gpu")
+    parser.add_argument("--without-deps", action="store_true",
+                        help="print [tool.tlp] install-without-deps instead")
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
     with open(args.pyproject, "rb") as f:
         pyproject = tomllib.load(f)
     lines = requirements(pyproject, args.tensorflow_from_base == "true",
                          tuple(extra for extra in args.extras.split(",") if extra))
+    if args.without_deps and not args.check:
+        lines = without_deps(pyproject)
+    elif args.check:
+        lines += without_deps(pyproject)
     if not args.check:
         print("\n".join(lines))
         return 0
