@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import keras
 from keras import applications as apps
 
-from components import configs, storage
+from components import configs, hub_backbones, storage
 from components.errors import TlpError
 
 BACKBONE_LAYER_NAME = "backbone"
@@ -48,6 +48,8 @@ def get_backbone(name: str) -> Backbone:
 
 
 def validate_image_size(name: str, image_size: int) -> None:
+    if hub_backbones.is_hub(name):  # Resized to the preset's own size inside the model.
+        return
     minimum = get_backbone(name).min_image_size
     if image_size < minimum:
         raise TlpError(f"image_size={image_size} is too small for {name}: it needs at least "
@@ -124,7 +126,10 @@ def load_weights(model: keras.Model, path: str) -> None:
 
 def build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
     """weights: 'imagenet', 'none', or the path/URI of a weights file for this backbone or of
-    a whole Keras model to copy matching layers from."""
+    a whole Keras model to copy matching layers from. backbone=hub:PRESET: the preset's
+    image tower (components/hub_backbones.py; 'imagenet': the preset's own weights)."""
+    if hub_backbones.is_hub(name):
+        return hub_backbones.build(name, image_size, weights)[0]
     spec = get_backbone(name)
     validate_image_size(name, image_size)
     preset = weights if weights == "imagenet" else None

@@ -51,7 +51,7 @@ class FeatureExtractor(keras.Model):
         if self.augmentation is not None:
             x = keras.ops.where(keras.ops.reshape(augment, (-1, 1, 1, 1)),
                                 self.augmentation(x, training=True), x)
-        x = self.backbone(self.preprocessing(x), training=False)
+        x = model_lib.call_backbone(self.backbone, self.preprocessing(x), training=False)
         return keras.ops.cast(self.pooling(x), "float32")
 
 

@@ -1,11 +1,13 @@
 """The classifier: augmentation -> backbone preprocessing -> frozen backbone -> new head."""
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
-from components import accelerators, augmentation as augment_lib, backbones, configs
+from components import (accelerators, augmentation as augment_lib, backbones, configs,
+                        hub_backbones)
 from components.errors import TlpError
 
 POOLING_MODES = ("avg", "flatten")
@@ -104,10 +106,15 @@ class Head:
         if self.weight_decay < 0:
             raise TlpError(f"weight_decay={self.weight_decay} must be >= 0.")
 
-    def build(self, features, num_classes: int):
+    def build(self, features, num_classes: int,
+              pooling_layer: keras.layers.Layer | None = None):
+        """pooling_layer: the backbone's own (KerasHub backbones: hub_backbones.pooling_layer);
+        None: global average pooling or Flatten, as `pooling` says."""
         regularizer = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
-        x = (keras.layers.GlobalAveragePooling2D() if self.pooling == "avg"
-             else keras.layers.Flatten())(features)
+        if pooling_layer is None:
+            pooling_layer = (keras.layers.GlobalAveragePooling2D() if self.pooling == "avg"
+                             else keras.layers.Flatten())
+        x = pooling_layer(features)
         if self.batch_norm:
             x = keras.layers.BatchNormalization()(x)
         for units in self.dense_units:
@@ -158,15 +165,31 @@ def build_model(num_classes: int, backbone: str, image_size: int, weights: str,
                 head: Head = Head(), augmentation: Augmentation = Augmentation()) -> keras.Model:
     """Inputs are float images in [0, 255] of shape (image_size, image_size, 3)."""
     head.validate()
-    base = backbones.build_backbone(backbone, image_size, weights)
+    if hub_backbones.is_hub(backbone):
+        base, preprocessing, pooling = hub_backbones.build(backbone, image_size, weights,
+                                                           head.pooling)
+    else:
+        base = backbones.build_backbone(backbone, image_size, weights)
+        preprocessing = backbones.BackbonePreprocessing(backbone, name="preprocessing")
+        pooling = None
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="image")
     augmentation_layers = augmentation.layers()
     x = (keras.Sequential(augmentation_layers, name="augmentation")(inputs)
          if augmentation_layers else inputs)
-    x = backbones.BackbonePreprocessing(backbone, name="preprocessing")(x)
-    outputs = head.build(base(x), num_classes)
-    return keras.Model(inputs, outputs, name=f"{backbone}_classifier")
+    outputs = head.build(call_backbone(base, preprocessing(x)), num_classes, pooling)
+    return keras.Model(inputs, outputs, name=f"{model_name(backbone)}_classifier")
+
+
+def model_name(backbone: str) -> str:
+    """The backbone's name as part of the model's ('hub:/data/presets/vit-tiny' ->
+    'hub_vit-tiny', 'hub:kaggle://keras/vit/keras/vit_base_patch16_224_imagenet/4' ->
+    'hub_vit_base_patch16_224_imagenet')."""
+    if not hub_backbones.is_hub(backbone):
+        return backbone
+    parts = [part for part in re.split(r"[/:]", backbone[len(hub_backbones.PREFIX):])
+             if part and not part.isdigit()]
+    return "hub_" + (parts[-1] if parts else "preset")
 
 
 OPTIMIZERS = {
@@ -185,7 +208,8 @@ def without_augmentation(model: keras.Model) -> keras.Model:
     x = inputs
     for layer in model.layers:
         if not isinstance(layer, keras.layers.InputLayer) and layer.name != "augmentation":
-            x = layer(x)
+            x = (call_backbone(layer, x) if layer.name == backbones.BACKBONE_LAYER_NAME
+                 else layer(x))
     return keras.Model(inputs, x, name=model.name)
 
 
@@ -219,6 +243,15 @@ def describe_compilation(model: keras.Model) -> str:
 
 def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(backbones.BACKBONE_LAYER_NAME)
+
+
+def call_backbone(base: keras.Model, images, **kwargs):
+    """base(images), as the input structure it was built with (a dict for several KerasHub
+    image towers: {'images': ...})."""
+    if isinstance(base.input, dict):
+        [name] = base.input
+        images = {name: images}
+    return base(images, **kwargs)
 
 
 def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -268,7 +301,10 @@ def parse_unfreeze(spec: str) -> int | float | str:
 
 
 def layers_to_unfreeze(base: keras.Model, spec: str) -> int:
-    """How many top backbone layers `spec` (see parse_unfreeze) means."""
+    """How many top backbone layers `spec` (see parse_unfreeze) means; for a KerasHub
+    transformer, how many transformer blocks (hub_backbones.units_to_unfreeze)."""
+    if hub_backbones.is_hub_model(base):
+        return hub_backbones.units_to_unfreeze(base, spec)
     value = parse_unfreeze(spec)
     if isinstance(value, float):
         return round(value * len(base.layers))
@@ -289,12 +325,23 @@ def unfreeze_top_layers(model: keras.Model, num_layers: int) -> int:
     if num_layers < 0:
         raise TlpError(f"fine_tune_layers={num_layers} must be >= 0.")
     base = backbone_of(model)
+    if hub_backbones.is_hub_model(base):  # Transformers count blocks.
+        return hub_backbones.unfreeze_top_units(base, num_layers)
     base.trainable = num_layers > 0
     split = max(len(base.layers) - num_layers, 0)
     for position, layer in enumerate(base.layers):
         layer.trainable = (position >= split
                            and not isinstance(layer, keras.layers.BatchNormalization))
     return sum(layer.trainable for layer in base.layers)
+
+
+def describe_unfrozen(base: keras.Model, trainable: int) -> str:
+    """'12 of 155 backbone layers trainable', or for a KerasHub transformer '2 of 12
+    transformer blocks trainable'."""
+    if hub_backbones.is_hub_model(base):
+        return (f"{trainable} of {hub_backbones.unit_count(base)} "
+                f"{hub_backbones.fine_tune_unit(base)} trainable")
+    return f"{trainable} of {len(base.layers)} backbone layers trainable"
 
 
 def probabilities(outputs) -> "keras.KerasTensor":

@@ -483,7 +483,7 @@ def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
         base = model_lib.backbone_of(model)
         trainable = model_lib.unfreeze_top_layers(model,
                                                   model_lib.layers_to_unfreeze(base, layers))
-        print(f"fine_tune: {trainable} of {len(base.layers)} backbone layers trainable "
+        print(f"fine_tune: {model_lib.describe_unfrozen(base, trainable)} "
               "(BatchNorm stays frozen)", flush=True)
         history = fit(model, dataset_dir, options, learning_rate, state_dir,
                       initial_epoch=previous["epoch"][-1],

@@ -3,8 +3,9 @@ clear message rather than deep inside a step."""
 import dataclasses
 from pathlib import Path
 
-from components import (accelerators, backbones, configs, images, keras_backend,
-                        model as model_lib, preprocess, sources, storage, training)
+from components import (accelerators, backbones, configs, hub_backbones, images,
+                        keras_backend, model as model_lib, preprocess, sources, storage,
+                        training)
 from components.errors import TlpError
 
 
@@ -54,6 +55,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     """params: the pipeline's arguments. local: paths are on this machine, so check them.
     require_data_dir: False when compiling, where data_dir may be left for run time."""
     backbones.validate_image_size(params["backbone"], params["image_size"])
+    if hub_backbones.is_hub(params["backbone"]):  # Known, installed, fetchable: up front.
+        hub_backbones.validate(params["backbone"], params["weights"], local)
     preprocess.validate_ratios(params["train_ratio"], params["validation_ratio"],
                                params["test_ratio"])
     for name, minimum in (("epochs", 1), ("fine_tune_epochs", 0), ("batch_size", 1),

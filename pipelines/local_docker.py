@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from components import configs
+from components import configs, hub_backbones
 from components.errors import TlpError
 
 _MAKE_IMAGES = "build it from this checkout with `make images` (README: Run in Docker locally)"
@@ -26,6 +26,8 @@ def source_digest() -> str:
     import pipelines
 
     digest = hashlib.sha256("\n".join(sorted(importlib.metadata.requires("tlp") or ())).encode())
+    # Installed without its dependencies, so not among tlp's requirements (pyproject.toml).
+    digest.update(f"\n{hub_backbones.DISTRIBUTION}=={hub_backbones.installed_version()}".encode())
     for package in (components, pipelines):
         folder = Path(package.__file__).parent
         for path in sorted(folder.rglob("*.py")):
@@ -151,6 +153,10 @@ def docker_runner(arguments: dict, image: str):
     for folder in outputs.values():
         Path(folder).mkdir(parents=True, exist_ok=True)  # A bind mount needs its source.
     read_only = {path: True for path in inputs.values()} | {p: False for p in outputs.values()}
+    preset = hub_backbones.preset_folder(arguments.get("backbone", ""))
+    if preset:  # backbone=hub:FOLDER: the preset folder, read-only, at its absolute path.
+        read_only[preset] = True
+        inputs["backbone"] = hub_backbones.PREFIX + preset
     mounts = [docker.types.Mount(path, path, type="bind", read_only=ro)
               for path, ro in read_only.items()]
     watch = StepWatch()

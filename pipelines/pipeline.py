@@ -212,8 +212,11 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             data_dir: The images: a folder with one sub-folder per class (local path,
                 gs://bucket/prefix or s3://bucket/prefix), a .csv or .parquet listing of
                 path,label rows (local or in a bucket), or tfds:NAME[:CONFIG].
-            backbone: keras.applications backbone, e.g. MobileNetV2, EfficientNetB0, ResNet50.
-            weights: Backbone weights: imagenet, none, or the path/URI of a weights file.
+            backbone: keras.applications backbone, e.g. MobileNetV2, EfficientNetB0, ResNet50,
+                or hub:PRESET, a KerasHub preset: a name (hub:dinov2_small), a kaggle:// or
+                hf:// handle, or a preset folder (local, gs:// or s3://).
+            weights: Backbone weights: imagenet (for hub:PRESET the preset's own), none, or
+                the path/URI of a weights file.
             image_size: Images are resized to image_size x image_size pixels.
             train_ratio: Fraction of each class for training.
             validation_ratio: Fraction of each class for validation.
@@ -262,7 +265,8 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             fine_tune_epochs: Maximum further epochs with the top backbone layers unfrozen.
             fine_tune_layers: Backbone layers to unfreeze: a count from the top, a fraction
                 (0.25: the top quarter), all, a layer name and all above it, or auto (from
-                the dataset's size and domain_similarity). BatchNorm stays frozen.
+                the dataset's size and domain_similarity). BatchNorm stays frozen. KerasHub
+                transformers (hub:...) count transformer blocks instead of layers.
             domain_similarity: For fine_tune_layers=auto: are the images similar to ImageNet
                 photos (similar) or not (different)?
             fine_tune_learning_rate: Learning rate while fine-tuning.
