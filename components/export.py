@@ -3,6 +3,7 @@ TFLite models checked against Keras, a model card, and numbered versions for TF 
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import warnings
@@ -62,6 +63,20 @@ def export_tflite(saved_model_dir: str | Path, paths: dict[str, bool]) -> None:
     for path, quantize in paths.items():
         converter.optimizations = [tf.lite.Optimize.DEFAULT] if quantize else []
         Path(path).write_bytes(converter.convert())
+
+
+def tflite_failure(error: Exception) -> str:
+    """Why a TFLite conversion failed, in a line or two: the converter's own error lines
+    (its message also holds the whole MLIR location trail), and a hint for what we know."""
+    lines = [line.strip() for line in str(error).splitlines() if "error:" in line]
+    ops = sorted({op for line in lines for op in re.findall(r"'(tf\.\w+)' op", line)})
+    reason = (f"no TFLite kernel for {', '.join(ops)}" if ops
+              else (lines or [f"{type(error).__name__}: {error}"])[0][:300])
+    if any(op in ("tf.ResizeBicubic", "tf.ScaleAndTranslate") for op in ops):
+        reason += (" (the model resizes images bicubically or with antialiasing: a KerasHub "
+                   "preset's image converter, at an image_size other than the preset's own; "
+                   "at its own size nothing is resized and the conversion succeeds)")
+    return reason
 
 
 def tflite_runner(tflite_path: str | Path):
@@ -237,7 +252,9 @@ def export(model_path: str, dataset_dir: str, output_dir: str, backbone: str = "
            destination: str = "") -> dict:
     """Writes <output_dir>/saved_model, model.keras, labels.txt, model.tflite,
     model_quantized.tflite and model_card.json; verifies the SavedModel and the TFLite models
-    against the Keras model; publishes a new version under destination when given."""
+    against the Keras model; publishes a new version under destination when given. A model
+    TFLite cannot convert is exported without the .tflite files: the log line and the model
+    card's `tflite` say why."""
     metadata = tfrecords.read_metadata(dataset_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,16 +267,23 @@ def export(model_path: str, dataset_dir: str, output_dir: str, backbone: str = "
     checks = keras_reference(model, dataset_dir)
     difference = verify_saved_model(checks, saved_model_dir)
     tflite_files = {configs.TFLITE_FILE: False, configs.TFLITE_QUANTIZED_FILE: True}
-    export_tflite(saved_model_dir, {out / name: quantize
-                                    for name, quantize in tflite_files.items()})
-    tflite = {name: tflite_agreement(checks, out / name) for name in tflite_files}
+    try:
+        export_tflite(saved_model_dir, {out / name: quantize
+                                        for name, quantize in tflite_files.items()})
+    except Exception as error:  # The converter's ConverterError (not public API), and kin.
+        for name in tflite_files:
+            (out / name).unlink(missing_ok=True)
+        tflite = {"error": tflite_failure(error)}
+        described = f"NO TFLite model: the conversion failed: {tflite['error']}"
+    else:
+        tflite = {name: tflite_agreement(checks, out / name) for name in tflite_files}
+        described = "TFLite: " + "; ".join(
+            f"{name} {t['size_bytes'] / 2**20:.1f} MiB, top-1 agreement "
+            f"{t['top1_agreement']:.3f}" for name, t in tflite.items())
     card = model_card(model, metadata, backbone, evaluation or {}, histories or {}, tflite)
     (out / configs.MODEL_CARD_FILE).write_text(json.dumps(card, indent=2))
     print(f"export: SavedModel matches the Keras model (max difference {difference:.2e}); "
-          f"TFLite: " + "; ".join(
-              f"{name} {t['size_bytes'] / 2**20:.1f} MiB, top-1 agreement "
-              f"{t['top1_agreement']:.3f}" for name, t in tflite.items())
-          + f"; wrote {out}", flush=True)
+          f"{described}; wrote {out}", flush=True)
     summary = {"max_saved_model_difference": difference, "tflite": tflite}
     if destination:
         summary["published"] = publish(out, destination)
