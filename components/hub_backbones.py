@@ -102,6 +102,9 @@ class Family:
     pooling head), each given the tower; and the pooling of its output."""
     name: str
     kind: str  # "transformer" or "cnn"
+    # Builds at any multiple of its patch size (interpolated or rotary position embeddings):
+    # the tower then runs at the pipeline's image_size, and nothing is resized.
+    any_size: bool = False
     tower: Callable[[keras.Model], keras.Model] = lambda backbone: backbone
     below: Callable[[keras.Model], list] = lambda tower: []
     blocks: Callable[[keras.Model], list] = lambda tower: []
@@ -123,11 +126,11 @@ TRANSFORMERS = {
         above=lambda t: [_vit_encoder(t).layer_norm],
         pooling=lambda t: "cls" if t.use_class_token else "mean"),
     "DINOV2Backbone": Family(
-        "DINOv2", "transformer",
+        "DINOv2", "transformer", any_size=True,
         below=lambda t: [t.embeddings], blocks=lambda t: list(t.encoder.layers),
         above=lambda t: [t.layernorm], pooling=lambda t: "cls"),
     "DINOV3Backbone": Family(
-        "DINOv3", "transformer",
+        "DINOv3", "transformer", any_size=True,
         below=lambda t: [t.embeddings, t.rope_embedding], blocks=lambda t: list(t.encoder.layers),
         above=lambda t: [t.layernorm], pooling=lambda t: "cls"),
     "CLIPVisionEncoder": Family(
@@ -474,9 +477,26 @@ class Loaded:
     converter: keras.layers.Layer
 
 
-def load(name: str, load_weights: bool = True) -> Loaded:
+def _shape_for(source: str, image_size: int | None) -> dict:
+    """from_preset's image_shape argument: image_size for the families that take any
+    multiple of their patch size (DINOv2, DINOv3), else nothing (the preset's own size)."""
+    from keras_hub.src.utils import preset_utils
+
+    if not image_size:
+        return {}
+    config = preset_utils.load_json(source, CONFIG_FILE)
+    family = TRANSFORMERS.get(config.get("class_name"))
+    patch = config.get("config", {}).get("patch_size")
+    if family and family.any_size and isinstance(patch, int) and image_size % patch == 0:
+        return {"image_shape": (image_size, image_size, 3)}
+    return {}
+
+
+def load(name: str, load_weights: bool = True, image_size: int | None = None) -> Loaded:
     """Loads backbone=hub:PRESET's backbone and image converter (downloading a name or handle,
-    copying a bucket folder first). Failures name the preset and how to supply it."""
+    copying a bucket folder first). image_size: build DINOv2 and DINOv3 towers at that size
+    when it is a multiple of their patch size. Failures name the preset and how to supply
+    it."""
     preset = preset_of(name)
     hub = keras_hub()
     kind = kind_of(preset)
@@ -486,7 +506,8 @@ def load(name: str, load_weights: bool = True) -> Loaded:
         _check_folder(name, Path(preset).expanduser(), "imagenet" if load_weights else "none")
     with local_preset(preset, load_weights) as source:
         try:
-            backbone = hub.models.Backbone.from_preset(source, load_weights=load_weights)
+            backbone = hub.models.Backbone.from_preset(source, load_weights=load_weights,
+                                                       **_shape_for(source, image_size))
             converter = hub.layers.ImageConverter.from_preset(source)
         except TlpError:
             raise
@@ -539,7 +560,7 @@ def build(name: str, image_size: int, weights: str,
     pooling layer."""
     from components import backbones, configs
 
-    loaded = load(name, load_weights=weights == "imagenet")
+    loaded = load(name, load_weights=weights == "imagenet", image_size=image_size)
     tower = loaded.tower
     tower.name = backbones.BACKBONE_LAYER_NAME
     size = target_size(loaded)
