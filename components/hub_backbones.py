@@ -528,7 +528,20 @@ def load(name: str, load_weights: bool = True, image_size: int | None = None) ->
             "b.save_to_preset(d); c.save_to_preset(d) (S, MEAN, STD from the checkpoint's "
             "preprocessor_config.json), and pass backbone=hub:d.")
     family = family_of(backbone)
-    return Loaded(preset, backbone, family.tower(backbone), family, converter)
+    return Loaded(preset, backbone, _in_global_policy(family.tower(backbone)), family, converter)
+
+
+def _in_global_policy(tower: keras.Model) -> keras.Model:
+    """The tower in Keras's global dtype policy (mixed_bfloat16 on GPUs: accelerators.py).
+    A two-tower preset (CLIP, SigLIP) saves its towers' own float32 policy, which from_preset
+    keeps whatever the global one: such a tower is rebuilt in the global policy, weights
+    copied."""
+    policy = keras.config.dtype_policy()
+    if tower.dtype_policy.name == policy.name:
+        return tower
+    rebuilt = type(tower).from_config({**tower.get_config(), "dtype": policy.name})
+    rebuilt.set_weights(tower.get_weights())
+    return rebuilt
 
 
 def target_size(loaded: Loaded) -> tuple[int, int] | None:

@@ -519,3 +519,28 @@ def test_the_classifier_is_named_after_the_preset():
     assert model_lib.model_name(
         "hub:kaggle://keras/vit/keras/vit_base_patch16_224_imagenet/4") \
         == "hub_vit_base_patch16_224_imagenet"
+
+
+def test_mixed_precision_computes_the_tower_in_bfloat16(presets):
+    """What train sets on GPUs (mixed_precision=auto on Ampere or newer), here on the CPU: the
+    tower computes in bfloat16, the preprocessing and the classifier in float32. A two-tower
+    preset saves its towers' float32 policy: the tower is rebuilt in the global one."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        vit = model_lib.build_model(3, hub(presets["vit"]), 32, "imagenet")
+        assert model_lib.backbone_of(vit).compute_dtype == "bfloat16"
+        model = model_lib.build_model(3, hub(presets["siglip"]), 32, "imagenet")
+        model_lib.compile_model(model, 3, 1e-3)
+        model.fit(images(8), np.arange(8) % 3, epochs=1, verbose=0)
+        assert model_lib.backbone_of(model).compute_dtype == "bfloat16"
+        assert model.get_layer("preprocessing").compute_dtype == "float32"
+        assert model.get_layer("classifier").compute_dtype == "float32"
+        assert model.predict(images(), verbose=0).dtype == np.float32
+        rebuilt = model_lib.backbone_of(model).get_weights()  # Frozen: still the preset's.
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    preset = model_lib.backbone_of(model_lib.build_model(3, hub(presets["siglip"]), 32,
+                                                         "imagenet")).get_weights()
+    assert len(rebuilt) == len(preset)
+    for copied, original in zip(rebuilt, preset):
+        np.testing.assert_array_equal(copied, original)
