@@ -19,7 +19,6 @@ def _normalise(mean, std) -> dict:
 def _tiny(kind: str):
     """(backbone, image converter) of one kind, random weights."""
     import keras
-    import keras_hub
     from keras_hub import layers, models
 
     keras.utils.set_random_seed(7)
