@@ -216,7 +216,8 @@ def measure(args: argparse.Namespace) -> dict:
                     base = model_lib.backbone_of(model)
                     model_lib.unfreeze_top_layers(
                         model, model_lib.layers_to_unfreeze(base, args.fine_tune_layers))
-                model_lib.compile_model(model, 10, 1e-5)
+                model_lib.compile_model(model, 10, 1e-5,
+                                        steps_per_execution=args.steps_per_execution)
             results["jit"][phase] = {name: jit_state(model, args.jit_compile)
                                      for name, model in models.items()}
             runs = {"in_memory": (models["augmented"], in_memory, steps * args.batch_size, None),
@@ -262,6 +263,8 @@ def parser(**defaults) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=0,
                         help="steps per timed epoch (0: one pass over the images)")
     parser.add_argument("--fine-tune-layers", default="30")
+    parser.add_argument("--steps-per-execution", type=int, default=configs.STEPS_PER_EXECUTION,
+                        help="train steps per compiled call (Keras's steps_per_execution)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jit-compile", choices=JIT_MODES, default="auto",
                         help="jit_compile asked of Keras (true: also on TensorFlow on CPU)")
@@ -293,7 +296,8 @@ def _jit(state: dict) -> str:
 def report(args: argparse.Namespace, results: list[dict]) -> None:
     print(f"{args.images_per_class * 10} images, {args.image_size} px, batch {args.batch_size}, "
           f"{f'{args.steps} steps' if args.steps else 'one pass'} per timed epoch, best of "
-          f"{args.repeats}; fine_tune unfreezes {args.fine_tune_layers} layers; jit_compile "
+          f"{args.repeats}; {args.steps_per_execution} step(s) per execution; fine_tune "
+          f"unfreezes {args.fine_tune_layers} layers; jit_compile "
           f"{args.jit_compile}; mixed_precision {args.mixed_precision}")
     for result in results:
         if "error" in result:
