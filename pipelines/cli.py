@@ -98,19 +98,20 @@ def _validator():
 
 
 def pipeline_arguments(args: argparse.Namespace, local: bool) -> dict:
-    """Defaults < config file < flags; every parameter, validated."""
+    """Defaults < config file < flags; every parameter, validated, image_size 0 resolved to
+    the backbone's native size."""
     validate_parameters = _validator()
     inputs = _pipeline_inputs()
     arguments = {name: spec.default for name, spec in inputs.items()}
     if local:
         arguments["data_dir"] = str(configs.SAMPLE_DATA_DIR)
     if getattr(args, "demo", False):
-        from components.demo_weights import ensure_demo_weights
+        from components import demo_weights
 
-        arguments["weights"] = str(ensure_demo_weights())
+        arguments["weights"] = str(demo_weights.ensure_demo_weights())
+        arguments["image_size"] = demo_weights.IMAGE_SIZE  # The size the weights were made at.
     arguments.update(_explicit_arguments(args, inputs))
-    validate_parameters(arguments, local=local)
-    return arguments
+    return validate_parameters(arguments, local=local)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
