@@ -222,6 +222,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+BACKBONE_COLUMNS = (("name", "name"), ("family", "family"), ("native px", "native_image_size"),
+                    ("min px", "min_image_size"), ("params (M)", "parameters"),
+                    ("preprocessing", "preprocessing"), ("fine-tune unit", "fine_tune_unit"),
+                    ("weights", "weights"))
+
+
+def format_backbones(rows: list[dict]) -> str:
+    """The backbones as a plain-text table, parameters in millions."""
+    cells = [[title for title, _ in BACKBONE_COLUMNS]] + [
+        [f"{row[key] / 1e6:.1f}" if key == "parameters" else str(row[key])
+         for _, key in BACKBONE_COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(BACKBONE_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in cells)
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    import json
+
+    from components.backbone_catalog import describe
+
+    rows = describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(format_backbones(rows))
+    print(f"\nimage_size 0 (the default) means the native size. Parameters: without the "
+          f"top. {len(rows)} backbones.")
+    return 0
+
+
 def cmd_demo_weights(args: argparse.Namespace) -> int:
     from components.demo_weights import ensure_demo_weights
 
@@ -336,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="classes to show per image [%(default)s]")
     pred.add_argument("--csv", type=Path, help="also write image,rank,class,probability rows")
     pred.set_defaults(func=cmd_predict)
+
+    listing = commands.add_parser("backbones", help="list the backbones: family, native "
+                                  "size, parameters, preprocessing, weights")
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+    listing.set_defaults(func=cmd_backbones)
 
     weights = commands.add_parser("demo-weights", help="derive the offline ImageNet "
                                   "MobileNetV2 demo weights and print their path")

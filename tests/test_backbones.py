@@ -1,5 +1,7 @@
 """Every keras.applications backbone: the catalog's sizes, parameter counts and preprocessing
-against Keras itself, and each one built into the classifier."""
+against Keras itself, each one built into the classifier, and `tlp backbones`."""
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from keras.src.applications import imagenet_utils
 
 from components import backbone_catalog, backbones, model as model_lib
 from components.errors import TlpError
+from pipelines import cli
 
 NAMES = list(backbones.BACKBONES)
 # Each preprocessing mode, written out independently of Keras: [0, 255] RGB -> model input.
@@ -112,3 +115,30 @@ def test_image_size_0_is_the_native_size_and_errors_name_the_fix():
     model = model_lib.build_model(3, "MobileNetV3Small", 0, "none")
     assert model.input_shape == (None, 224, 224, 3)
 
+
+def test_tlp_backbones_lists_each_in_a_table_and_as_json(capsys):
+    assert cli.main(["backbones"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["name", "family", "native", "px"]
+    rows = {line.split()[0]: line for line in lines[1:] if line.strip()}
+    assert set(NAMES) <= set(rows)
+    assert rows["EfficientNetB7"].split()[1:5] == ["EfficientNet", "600", "32", "64.1"]
+    assert "caffe: BGR - mean" in rows["ResNet50"] and "in model" in rows["ConvNeXtTiny"]
+    assert "offline: tlp demo-weights" in rows["MobileNetV2"]
+    assert "offline" not in rows["ResNet50"]
+    assert cli.main(["backbones", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in listed] == NAMES
+    assert listed[NAMES.index("InceptionV3")] == {
+        "name": "InceptionV3", "family": "InceptionV3", "native_image_size": 299,
+        "min_image_size": 75, "parameters": 21_802_784, "preprocessing": "[-1, 1]",
+        "fine_tune_unit": "layers", "weights": backbone_catalog.KERAS_WEIGHTS}
+
+
+def test_tlp_backbones_starts_without_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipelines import cli; cli.main(['backbones']); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
