@@ -37,7 +37,8 @@ def _add_parameter_flags(parser: argparse.ArgumentParser) -> None:
         default = "required" if spec.default is None else spec.default
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=_TYPES[spec.type],
                            default=argparse.SUPPRESS,
-                           help=f"{spec.description} [{default}]")
+                           # argparse formats help with %: "5%" alone would break --help.
+                           help=f"{spec.description.replace('%', '%%')} [{default}]")
 
 
 def _read_config(path: Path, inputs: dict) -> dict:

@@ -41,6 +41,15 @@ def test_image_size_0_becomes_the_native_size_and_the_demo_keeps_160(tmp_path, m
     assert _arguments(["run", "--local", "--demo", "--image-size", "96"])["image_size"] == 96
 
 
+def test_help_lists_every_parameter_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0: the backbone's native size" in out and "5% crops" in out
+    assert "--near-duplicate-distance" in out and "--image-size" in out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--backbone", "AlexNet"], "unknown backbone 'AlexNet'"),
     (["--image-size", "8"], "image_size=8 is too small for MobileNetV2: it needs at least 32 "
