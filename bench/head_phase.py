@@ -63,12 +63,12 @@ def main() -> None:
         dataset_dir, views, seed = args.arm.split(",")
         print("ARM " + json.dumps(run_arm(dataset_dir, int(views), int(seed), args.epochs)))
         return
-    from components import configs, preprocess
+    from components import configs, demo_weights, preprocess
 
     with tempfile.TemporaryDirectory() as work:
         dataset_dir = f"{work}/dataset"
         preprocess.run(str(configs.SAMPLE_DATA_DIR), dataset_dir, f"{work}/manifest.parquet",
-                       configs.IMAGE_SIZE, configs.TRAIN_RATIO, configs.VALIDATION_RATIO,
+                       demo_weights.IMAGE_SIZE, configs.TRAIN_RATIO, configs.VALIDATION_RATIO,
                        configs.TEST_RATIO, configs.SEED)
         results = []
         for seed in args.seeds:

@@ -1,59 +1,14 @@
-"""Pretrained backbones from keras.applications, each with its own input preprocessing."""
-from collections.abc import Callable
-from dataclasses import dataclass
+"""Pretrained backbones from keras.applications, each with its own input preprocessing.
 
+Which backbones there are, their sizes and preprocessing: components/backbone_catalog.py."""
 import keras
-from keras import applications as apps
 
 from components import configs, hub_backbones, storage
+from components.backbone_catalog import (  # noqa: F401 (public here too)
+    BACKBONES, Backbone, get_backbone, resolve_image_size, validate_image_size)
 from components.errors import TlpError
 
 BACKBONE_LAYER_NAME = "backbone"
-
-
-@dataclass(frozen=True)
-class Backbone:
-    constructor: Callable[..., keras.Model]
-    # Maps float images in [0, 255] to what the backbone was trained on; identity for
-    # backbones that rescale inside the model (EfficientNet, MobileNetV3, ConvNeXt).
-    preprocess_input: Callable
-    min_image_size: int = 32
-
-
-BACKBONES: dict[str, Backbone] = {
-    "MobileNetV2": Backbone(apps.MobileNetV2, apps.mobilenet_v2.preprocess_input),
-    "MobileNetV3Small": Backbone(apps.MobileNetV3Small, apps.mobilenet_v3.preprocess_input),
-    "MobileNetV3Large": Backbone(apps.MobileNetV3Large, apps.mobilenet_v3.preprocess_input),
-    "EfficientNetB0": Backbone(apps.EfficientNetB0, apps.efficientnet.preprocess_input),
-    "EfficientNetB1": Backbone(apps.EfficientNetB1, apps.efficientnet.preprocess_input),
-    "EfficientNetB2": Backbone(apps.EfficientNetB2, apps.efficientnet.preprocess_input),
-    "EfficientNetB3": Backbone(apps.EfficientNetB3, apps.efficientnet.preprocess_input),
-    "EfficientNetV2B0": Backbone(apps.EfficientNetV2B0, apps.efficientnet_v2.preprocess_input),
-    "ResNet50": Backbone(apps.ResNet50, apps.resnet50.preprocess_input),
-    "ResNet50V2": Backbone(apps.ResNet50V2, apps.resnet_v2.preprocess_input),
-    "VGG16": Backbone(apps.VGG16, apps.vgg16.preprocess_input),
-    "VGG19": Backbone(apps.VGG19, apps.vgg19.preprocess_input),
-    "Xception": Backbone(apps.Xception, apps.xception.preprocess_input, min_image_size=71),
-    "InceptionV3": Backbone(apps.InceptionV3, apps.inception_v3.preprocess_input,
-                            min_image_size=75),
-    "DenseNet121": Backbone(apps.DenseNet121, apps.densenet.preprocess_input),
-    "ConvNeXtTiny": Backbone(apps.ConvNeXtTiny, apps.convnext.preprocess_input),
-}
-
-
-def get_backbone(name: str) -> Backbone:
-    if name not in BACKBONES:
-        raise TlpError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}.")
-    return BACKBONES[name]
-
-
-def validate_image_size(name: str, image_size: int) -> None:
-    if hub_backbones.is_hub(name):  # Resized to the preset's own size inside the model.
-        return
-    minimum = get_backbone(name).min_image_size
-    if image_size < minimum:
-        raise TlpError(f"image_size={image_size} is too small for {name}: it needs at least "
-                       f"{minimum} pixels.")
 
 
 @keras.saving.register_keras_serializable(package="tlp")
@@ -65,7 +20,7 @@ class BackbonePreprocessing(keras.layers.Layer):
         self.backbone = backbone
 
     def call(self, images):
-        return BACKBONES[self.backbone].preprocess_input(images)
+        return get_backbone(self.backbone).preprocess_input(images)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "backbone": self.backbone}
@@ -126,12 +81,13 @@ def load_weights(model: keras.Model, path: str) -> None:
 
 def build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
     """weights: 'imagenet', 'none', or the path/URI of a weights file for this backbone or of
-    a whole Keras model to copy matching layers from. backbone=hub:PRESET: the preset's
-    image tower (components/hub_backbones.py; 'imagenet': the preset's own weights)."""
+    a whole Keras model to copy matching layers from. image_size 0: its native size.
+    backbone=hub:PRESET: the preset's image tower (components/hub_backbones.py; 'imagenet':
+    the preset's own weights)."""
     if hub_backbones.is_hub(name):
-        return hub_backbones.build(name, image_size, weights)[0]
+        return hub_backbones.build(name, resolve_image_size(name, image_size), weights)[0]
     spec = get_backbone(name)
-    validate_image_size(name, image_size)
+    image_size = resolve_image_size(name, image_size)
     preset = weights if weights == "imagenet" else None
     try:
         model = spec.constructor(include_top=False, weights=preset,

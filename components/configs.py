@@ -98,7 +98,9 @@ REPORT_WRONG_IMAGES = 16
 # Pipeline parameter defaults (the pipeline signature and the CLI read them from here).
 BACKBONE = "MobileNetV2"
 WEIGHTS = "imagenet"
-IMAGE_SIZE = 160
+# 0: the backbone's native size, the one its ImageNet weights were trained at (`tlp
+# backbones` lists them); resolved once, by backbone_catalog.resolve_image_size.
+IMAGE_SIZE = 0
 TRAIN_RATIO = 0.8
 VALIDATION_RATIO = 0.1
 TEST_RATIO = 0.1

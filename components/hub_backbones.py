@@ -565,6 +565,16 @@ def native_image_size(name: str) -> int | None:
     return size[0] if size else None
 
 
+def resolved_image_size(name: str) -> int:
+    """What image_size 0 stands for with backbone=hub:PRESET: native_image_size, or a
+    TlpError when the preset takes any size and names none."""
+    size = native_image_size(name)
+    if size is None:
+        raise TlpError(f"backbone={name!r} takes images of any size and its preset names "
+                       "none: set image_size (224 is the usual).")
+    return size
+
+
 def build(name: str, image_size: int, weights: str,
           pooling: str = "avg") -> tuple[keras.Model, keras.layers.Layer, keras.layers.Layer]:
     """The image tower named `backbone` (weights: 'imagenet' for the preset's own weights,
@@ -671,6 +681,14 @@ class Info:
     pooling: str
     fine_tune_unit: str
     weights: str
+
+
+def as_row(info: Info) -> dict:
+    """An Info as a row of `tlp backbones` (backbone_catalog.describe's keys)."""
+    return {"name": info.name, "family": info.family, "native_image_size": info.native_size,
+            "min_image_size": None, "parameters": info.parameters,
+            "preprocessing": info.preprocessing, "fine_tune_unit": info.fine_tune_unit,
+            "weights": info.weights, "pooling": info.pooling}
 
 
 def list_presets() -> list[Info]:

@@ -18,17 +18,20 @@ gpu_component = functools.partial(dsl.component, base_image=configs.GPU_IMAGE,
 
 
 @cpu_component
-def preprocess(data_dir: str, image_size: int, train_ratio: float, validation_ratio: float,
+def preprocess(data_dir: str, backbone: str, image_size: int, train_ratio: float,
+               validation_ratio: float,
                test_ratio: float, seed: int, resize_mode: str, num_workers: int,
                shard_size_mb: int, min_images_per_class: int, max_rejected_fraction: float,
                max_image_pixels: int, previous_manifest: str, tfds_data_dir: str,
                tfds_splits: str, image_format: str, near_duplicate_distance: int,
                dataset: Output[Dataset],
                manifest: Output[Dataset], summary: Output[Metrics]):
-    """Resizes, splits and writes the images as sharded TFRecords plus a manifest; the
-    summary counts reconcile: inputs = written + duplicates + rejected."""
-    from components import preprocess as lib
+    """Resizes (image_size 0: to the backbone's native size), splits and writes the images as
+    sharded TFRecords plus a manifest; the summary counts reconcile: inputs = written +
+    duplicates + rejected."""
+    from components import backbone_catalog, preprocess as lib
 
+    image_size = backbone_catalog.resolve_image_size(backbone, image_size)
     metadata = lib.run(data_dir, dataset.path, manifest.path, image_size, train_ratio,
                        validation_ratio, test_ratio, seed, resize_mode=resize_mode,
                        num_workers=num_workers, min_images_per_class=min_images_per_class,
@@ -53,14 +56,16 @@ def preprocess_list(data_dir: str, listing: Output[Dataset]):
 
 
 @cpu_component
-def preprocess_group(listing: Input[Dataset], group: int, groups: int, image_size: int,
-                     resize_mode: str, max_image_pixels: int, image_format: str,
-                     num_workers: int, part: Output[Dataset]):
-    """Fan-out, one pod per group: hashes and encodes its slice of the listing."""
+def preprocess_group(listing: Input[Dataset], group: int, groups: int, backbone: str,
+                     image_size: int, resize_mode: str, max_image_pixels: int,
+                     image_format: str, num_workers: int, part: Output[Dataset]):
+    """Fan-out, one pod per group: hashes and encodes its slice of the listing (image_size
+    0: at the backbone's native size)."""
     from pathlib import Path
 
-    from components import images, preprocess as lib
+    from components import backbone_catalog, images, preprocess as lib
 
+    image_size = backbone_catalog.resolve_image_size(backbone, image_size)
     lib.encode_group(Path(listing.path), group, groups, Path(part.path),
                      images.EncodeOptions(image_size, resize_mode, max_image_pixels,
                                           image_format),

@@ -163,8 +163,10 @@ def loss_and_metric(num_classes: int, label_smoothing: float = 0.0,
 
 def build_model(num_classes: int, backbone: str, image_size: int, weights: str,
                 head: Head = Head(), augmentation: Augmentation = Augmentation()) -> keras.Model:
-    """Inputs are float images in [0, 255] of shape (image_size, image_size, 3)."""
+    """Inputs are float images in [0, 255] of shape (image_size, image_size, 3); image_size
+    0: the backbone's native size."""
     head.validate()
+    image_size = backbones.resolve_image_size(backbone, image_size)
     if hub_backbones.is_hub(backbone):
         base, preprocessing, pooling = hub_backbones.build(backbone, image_size, weights,
                                                            head.pooling)

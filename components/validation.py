@@ -51,12 +51,19 @@ def _validate_source(params: dict, local: bool) -> None:
         sources.list_source(source)
 
 
-def validate_parameters(params: dict, local: bool, require_data_dir: bool = True) -> None:
+def validate_parameters(params: dict, local: bool, require_data_dir: bool = True) -> dict:
     """params: the pipeline's arguments. local: paths are on this machine, so check them.
-    require_data_dir: False when compiling, where data_dir may be left for run time."""
-    backbones.validate_image_size(params["backbone"], params["image_size"])
-    if hub_backbones.is_hub(params["backbone"]):  # Known, installed, fetchable: up front.
-        hub_backbones.validate(params["backbone"], params["weights"], local)
+    require_data_dir: False when compiling, where data_dir may be left for run time. Returns
+    them with image_size 0 resolved to the backbone's native size (for a hub: preset, only
+    when local: its size is in its files, which the preprocess step reads otherwise)."""
+    backbone = params["backbone"]
+    if hub_backbones.is_hub(backbone):  # Known, installed, fetchable: up front.
+        hub_backbones.validate(backbone, params["weights"], local)
+    if local or not hub_backbones.is_hub(backbone):
+        params = {**params, "image_size": backbones.resolve_image_size(backbone,
+                                                                       params["image_size"])}
+    else:
+        backbones.validate_image_size(backbone, params["image_size"])
     preprocess.validate_ratios(params["train_ratio"], params["validation_ratio"],
                                params["test_ratio"])
     for name, minimum in (("epochs", 1), ("fine_tune_epochs", 0), ("batch_size", 1),
@@ -113,3 +120,4 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
         if baseline and not storage.exists(baseline):
             raise TlpError(f"baseline_model {baseline} does not exist: pass a .keras file or "
                            "an export folder, or leave it empty.")
+    return params

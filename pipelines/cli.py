@@ -37,7 +37,8 @@ def _add_parameter_flags(parser: argparse.ArgumentParser) -> None:
         default = "required" if spec.default is None else spec.default
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=_TYPES[spec.type],
                            default=argparse.SUPPRESS,
-                           help=f"{spec.description} [{default}]")
+                           # argparse formats help with %: "5%" alone would break --help.
+                           help=f"{spec.description.replace('%', '%%')} [{default}]")
 
 
 def _read_config(path: Path, inputs: dict) -> dict:
@@ -98,19 +99,20 @@ def _validator():
 
 
 def pipeline_arguments(args: argparse.Namespace, local: bool) -> dict:
-    """Defaults < config file < flags; every parameter, validated."""
+    """Defaults < config file < flags; every parameter, validated, image_size 0 resolved to
+    the backbone's native size."""
     validate_parameters = _validator()
     inputs = _pipeline_inputs()
     arguments = {name: spec.default for name, spec in inputs.items()}
     if local:
         arguments["data_dir"] = str(configs.SAMPLE_DATA_DIR)
     if getattr(args, "demo", False):
-        from components.demo_weights import ensure_demo_weights
+        from components import demo_weights
 
-        arguments["weights"] = str(ensure_demo_weights())
+        arguments["weights"] = str(demo_weights.ensure_demo_weights())
+        arguments["image_size"] = demo_weights.IMAGE_SIZE  # The size the weights were made at.
     arguments.update(_explicit_arguments(args, inputs))
-    validate_parameters(arguments, local=local)
-    return arguments
+    return validate_parameters(arguments, local=local)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -218,6 +220,54 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.csv:
         predict.write_csv(results, args.csv)
         print(f"wrote {args.csv}")
+    return 0
+
+
+BACKBONE_COLUMNS = (("name", "name"), ("family", "family"), ("native px", "native_image_size"),
+                    ("min px", "min_image_size"), ("params (M)", "parameters"),
+                    ("preprocessing", "preprocessing"), ("fine-tune unit", "fine_tune_unit"),
+                    ("weights", "weights"))
+
+
+def format_backbones(rows: list[dict]) -> str:
+    """The backbones as a plain-text table, parameters in millions ('-': not known)."""
+    def cell(row: dict, key: str) -> str:
+        if row[key] is None:
+            return "-"
+        return f"{row[key] / 1e6:.1f}" if key == "parameters" else str(row[key])
+
+    cells = [[title for title, _ in BACKBONE_COLUMNS]] + [
+        [cell(row, key) for _, key in BACKBONE_COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(BACKBONE_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                     for line in cells)
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    import json
+
+    from components.backbone_catalog import describe
+
+    rows = [] if args.presets else describe()
+    if args.hub or args.presets:  # Imports KerasHub (and TensorFlow): only when asked.
+        from components import hub_backbones
+
+        infos = ([hub_backbones.describe(name if hub_backbones.is_hub(name)
+                                         else hub_backbones.PREFIX + name)
+                  for name in args.presets] if args.presets
+                 else hub_backbones.list_presets())
+        rows += [hub_backbones.as_row(info) for info in infos]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(format_backbones(rows))
+    print(f"\nimage_size 0 (the default) means the native size. Parameters: without the "
+          f"top. {len(rows)} backbones.")
+    if args.hub and not args.presets:
+        print("KerasHub presets (backbone=hub:PRESET): native size '-' is in the preset "
+              "(`tlp backbones hub:PRESET` reads it); parameters as KerasHub lists them, both "
+              "towers for CLIP and SigLIP; hub: also takes kaggle:// and hf:// handles and "
+              "preset folders (README: KerasHub backbones).")
     return 0
 
 
@@ -335,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="classes to show per image [%(default)s]")
     pred.add_argument("--csv", type=Path, help="also write image,rank,class,probability rows")
     pred.set_defaults(func=cmd_predict)
+
+    listing = commands.add_parser("backbones", help="list the backbones: family, native "
+                                  "size, parameters, preprocessing, weights")
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+    listing.add_argument("--hub", action="store_true", help="KerasHub's image presets too "
+                         "(backbone=hub:PRESET; imports KerasHub)")
+    listing.add_argument("presets", nargs="*", metavar="hub:PRESET",
+                         help="describe these KerasHub presets only (a name, handle or "
+                         "folder: reads, or downloads, the preset's config)")
+    listing.set_defaults(func=cmd_backbones)
 
     weights = commands.add_parser("demo-weights", help="derive the offline ImageNet "
                                   "MobileNetV2 demo weights and print their path")

@@ -212,12 +212,15 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             data_dir: The images: a folder with one sub-folder per class (local path,
                 gs://bucket/prefix or s3://bucket/prefix), a .csv or .parquet listing of
                 path,label rows (local or in a bucket), or tfds:NAME[:CONFIG].
-            backbone: keras.applications backbone, e.g. MobileNetV2, EfficientNetB0, ResNet50,
-                or hub:PRESET, a KerasHub preset: a name (hub:dinov2_small), a kaggle:// or
-                hf:// handle, or a preset folder (local, gs:// or s3://).
+            backbone: keras.applications backbone, e.g. MobileNetV2, EfficientNetB0, ResNet50
+                (`tlp backbones` lists them with their native sizes), or hub:PRESET, a
+                KerasHub preset: a name (hub:dinov2_small; `tlp backbones --hub`), a
+                kaggle:// or hf:// handle, or a preset folder (local, gs:// or s3://).
             weights: Backbone weights: imagenet (for hub:PRESET the preset's own), none, or
                 the path/URI of a weights file.
-            image_size: Images are resized to image_size x image_size pixels.
+            image_size: Images are resized to image_size x image_size pixels; 0: the
+                backbone's native size (224 for most, 299 Xception and Inception, up to
+                600 EfficientNetB7; a hub:PRESET's own).
             train_ratio: Fraction of each class for training.
             validation_ratio: Fraction of each class for validation.
             test_ratio: Fraction of each class for the test split.
@@ -301,7 +304,8 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
                         reduce_lr_patience=reduce_lr_patience, target_accuracy=target_accuracy,
                         cache_budget_mb=cache_budget_mb, seed=seed)
         prep, prep_tasks = add_preprocess(cluster.preprocess_parallelism if cluster else 1, dict(
-            data_dir=data_dir, image_size=image_size, train_ratio=train_ratio,
+            data_dir=data_dir, backbone=backbone, image_size=image_size,
+            train_ratio=train_ratio,
             validation_ratio=validation_ratio, test_ratio=test_ratio, seed=seed,
             resize_mode=resize_mode, image_format=image_format, num_workers=num_workers,
             shard_size_mb=shard_size_mb, min_images_per_class=min_images_per_class,

@@ -49,6 +49,7 @@ def test_tiny_measurement_on_cpu(monkeypatch, capsys, tensorflow):
         rates = result["rates"][phase]
         assert (rates["pipeline"] is not None) == tensorflow
         assert rates["in_memory"] > 0 and rates["in_memory_no_augmentation"] > 0
+        assert rates["device_resident"] is None  # JAX only: the next test.
         jit = result["jit"][phase]
         # TensorFlow on CPU: Keras turns XLA off for "auto"; without augmentation layers
         # jit_compile=True would compile.
@@ -57,6 +58,19 @@ def test_tiny_measurement_on_cpu(monkeypatch, capsys, tensorflow):
     train_throughput.report(args, [result])
     table = capsys.readouterr().out
     assert "augment share" in table and "train      tensorflow" in table
+
+
+def test_jax_times_the_step_on_device_too():
+    """On JAX (its own process, as bench.gpu runs it) the augmented train step also runs as
+    one jax.jit over a batch already on the device, for each phase."""
+    args = train_throughput.parser(**gpu.SETTINGS).parse_args(
+        ["--image-size", "32", "--images-per-class", "2", "--batch-size", "4", "--steps", "1",
+         "--repeats", "1", "--backend", "jax"])
+    [result] = train_throughput.run(args)
+    assert result["backend"] == "jax", result
+    for phase in train_throughput.PHASES:
+        assert result["rates"][phase]["device_resident"] > 0
+        assert result["jit"][phase]["augmented"]["after_fit"] is True
 
 
 def test_jit_compile_true_is_asked_of_keras(capsys):

@@ -25,9 +25,37 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     assert arguments["data_dir"] == str(configs.SAMPLE_DATA_DIR)
 
 
+def test_image_size_0_becomes_the_native_size_and_the_demo_keeps_160(tmp_path, monkeypatch):
+    from components import demo_weights
+
+    assert configs.IMAGE_SIZE == 0
+    assert _arguments(["run", "--local"])["image_size"] == 224  # MobileNetV2
+    assert _arguments(["run", "--local", "--backbone", "EfficientNetV2S"])["image_size"] == 384
+    config = tmp_path / "config.yaml"
+    config.write_text("backbone: InceptionV3\nimage_size: 0\n")
+    assert _arguments(["run", "--local", "--config", str(config)])["image_size"] == 299
+    weights = tmp_path / "demo.weights.h5"
+    weights.write_bytes(b"")
+    monkeypatch.setattr(demo_weights, "ensure_demo_weights", lambda: weights)
+    assert _arguments(["run", "--local", "--demo"])["image_size"] == 160
+    assert _arguments(["run", "--local", "--demo", "--image-size", "96"])["image_size"] == 96
+
+
+def test_help_lists_every_parameter_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0: the backbone's native size" in out and "5% crops" in out
+    assert "--near-duplicate-distance" in out and "--image-size" in out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--backbone", "AlexNet"], "unknown backbone 'AlexNet'"),
-    (["--image-size", "8"], "image_size=8 is too small for MobileNetV2"),
+    (["--image-size", "8"], "image_size=8 is too small for MobileNetV2: it needs at least 32 "
+                            "pixels; or set image_size to 0 for its native 224"),
+    (["--backbone", "Xception", "--image-size", "64"], "image_size=64 is too small for "
+                                                       "Xception: it needs at least 71"),
     (["--train-ratio", "0.5"], "split ratios sum to 0.7, not 1"),
     (["--data-dir", "/no/such/folder"], "data folder /no/such/folder does not exist"),
     (["--data-dir", "tfds:mnist:"], "data_dir='tfds:mnist:' is not a TFDS id"),
@@ -77,6 +105,8 @@ def test_compile_writes_yaml_with_flag_defaults(tmp_path):
     assert cli.main(["compile", "-o", str(out), "--epochs", "4", "--gpu-count", "0"]) == 0
     spec = next(yaml.safe_load_all(out.read_text()))  # Then the Kubernetes settings.
     assert spec["root"]["inputDefinitions"]["parameters"]["epochs"]["defaultValue"] == 4
+    # Left 0: preprocess resolves it for whichever backbone the run is given.
+    assert spec["root"]["inputDefinitions"]["parameters"]["image_size"]["defaultValue"] == 0
     assert "accelerator" not in str(spec["deploymentSpec"])
 
 

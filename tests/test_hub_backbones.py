@@ -547,3 +547,63 @@ def test_mixed_precision_computes_the_tower_in_bfloat16(presets):
     assert len(rebuilt) == len(preset)
     for copied, original in zip(rebuilt, preset):
         np.testing.assert_array_equal(copied, original)
+
+
+# ---- image_size 0 and `tlp backbones` ---------------------------------------------------------
+
+def test_image_size_0_is_the_presets_own_size(presets, tmp_path):
+    from components import backbone_catalog
+
+    assert backbone_catalog.resolve_image_size(hub(presets["clip"]), 0) == 32
+    assert backbone_catalog.resolve_image_size(hub(presets["clip"]), 64) == 64  # Any size.
+    model = model_lib.build_model(3, hub(presets["siglip"]), 0, "imagenet")
+    assert model.input_shape == (None, 32, 32, 3)
+    with pytest.raises(TlpError, match="image_size=-1 must be 0"):
+        backbone_catalog.validate_image_size(hub(presets["vit"]), -1)
+    # The preprocess step resolves it without importing TensorFlow: a child process reads
+    # the preset (the step forks its workers).
+    code = ("import sys; from components import backbone_catalog as c; "
+            f"print(c.resolve_image_size({hub(presets['dinov2'])!r}, 0)); "
+            "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules; "
+            f"c.resolve_image_size({hub(tmp_path / 'missing')!r}, 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.split() == ["32"]
+    assert "TlpError: backbone='hub:" in result.stderr
+    assert "missing does not exist" in result.stderr
+
+
+def test_the_pipeline_parameters_resolve_image_size_0_only_when_local(presets, tmp_path):
+    from pipelines.cli import build_parser, pipeline_arguments
+
+    data = make_image_folder(tmp_path / "images", {"red": 5, "blue": 5})
+    args = build_parser().parse_args(["run", "--local", "--data-dir", str(data),
+                                      "--backbone", hub(presets["vit"])])
+    assert pipeline_arguments(args, local=True)["image_size"] == 32
+    # Submitting: the cluster's preprocess step reads the preset.
+    assert pipeline_arguments(args, local=False)["image_size"] == 0
+
+
+def test_tlp_backbones_lists_kerashub_presets_and_describes_one(presets, capsys):
+    from pipelines import cli
+
+    assert cli.main(["backbones", "--hub"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("hub:")}
+    assert len(rows) == 113 and "MobileNetV2" in out
+    assert rows["hub:dinov2_small"].split()[1:6] == ["KerasHub", "DINOv2", "-", "-", "22.6"]
+    assert "transformer blocks  Kaggle: kaggle://keras/dinov2/keras/dinov2_small/1" in rows[
+        "hub:dinov2_small"]
+    assert cli.main(["backbones", "--json", hub(presets["siglip"])]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row == {"name": hub(presets["siglip"]),
+                   "family": "KerasHub SigLIP (SigLIPBackbone)", "native_image_size": 32,
+                   "min_image_size": None, "parameters": row["parameters"],
+                   "preprocessing": "resize to 32x32 (bicubic), x * 0.007843 + -1",
+                   "fine_tune_unit": "transformer blocks (3)",
+                   "weights": f"local preset folder {presets['siglip']}",
+                   "pooling": "the model's own attention-pooling head"}
+    import keras_hub
+
+    both_towers = keras_hub.models.Backbone.from_preset(str(presets["siglip"])).count_params()
+    assert 0 < row["parameters"] < both_towers  # The image tower's, which the model keeps.

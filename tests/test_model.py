@@ -80,23 +80,6 @@ def test_the_model_to_serve_has_no_augmentation_and_the_same_outputs():
     np.testing.assert_allclose(served(x), model(x, training=False), atol=1e-6)
 
 
-
-@pytest.mark.parametrize("name", list(backbones.BACKBONES))
-def test_every_backbone_builds_with_its_preprocessing(name):
-    size = max(32, backbones.BACKBONES[name].min_image_size)
-    model = model_lib.build_model(4, name, size, "none")
-    assert model.get_layer("preprocessing").backbone == name
-    assert model(np.full((1, size, size, 3), 128, "float32")).shape == (1, 4)
-
-
-def test_preprocessing_matches_the_backbone():
-    layer = backbones.BackbonePreprocessing("MobileNetV2")
-    np.testing.assert_allclose(layer(np.array([[[[0.0, 127.5, 255.0]]]])), [[[[-1, 0, 1]]]])
-    caffe = backbones.BackbonePreprocessing("VGG16")(np.array([[[[255.0, 0.0, 0.0]]]]))
-    # Caffe mode: RGB -> BGR, then the ImageNet channel means are subtracted.
-    np.testing.assert_allclose(caffe, [[[[-103.939, -116.779, 255 - 123.68]]]], rtol=1e-5)
-
-
 def test_weights_file_is_loaded(tmp_path):
     source = backbones.build_backbone("MobileNetV2", 32, "none")
     path = tmp_path / "backbone.weights.h5"

@@ -58,6 +58,11 @@ def test_five_tasks_in_order_with_export_behind_the_gate(tmp_path):
     assert inputs["top_k"].default_value.number_value == 3
     assert inputs["baseline_model"].default_value.string_value == ""
     assert inputs["export_destination"].default_value.string_value == ""
+    # image_size 0 (the backbone's native size) is resolved by preprocess, given the backbone.
+    assert inputs["image_size"].default_value.number_value == 0
+    preprocess = spec.root.dag.tasks["preprocess"].inputs.parameters
+    assert preprocess["backbone"].component_input_parameter == "backbone"
+    assert preprocess["image_size"].component_input_parameter == "image_size"
 
 
 def test_local_run_produces_every_artifact(local_run):
@@ -135,7 +140,7 @@ def test_preprocess_fan_out_runs_locally_and_matches_one_step(tmp_path, image_fo
 
     @dsl.pipeline(name="fan-out")
     def fan_out(data_dir: str):
-        add_preprocess(2, dict(data_dir=data_dir, **params))
+        add_preprocess(2, dict(data_dir=data_dir, backbone="MobileNetV2", **params))
 
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(tmp_path / "root"))
@@ -146,3 +151,37 @@ def test_preprocess_fan_out_runs_locally_and_matches_one_step(tmp_path, image_fo
                    **params)
     assert {p.name: p.read_bytes() for p in dataset.iterdir()} == {
         p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+
+
+def test_image_size_0_reaches_preprocess_and_the_model_at_the_native_size(tmp_path,
+                                                                          image_folder):
+    """Both forms of the preprocess step resolve image_size 0 to EfficientNetB1's 240 px,
+    which the shards hold and the train step builds its model at (from the metadata)."""
+    from kfp import dsl, local
+
+    from components import model as model_lib, tfrecords
+
+    params = dict(backbone="EfficientNetB1", image_size=0, train_ratio=0.6,
+                  validation_ratio=0.2, test_ratio=0.2, seed=1, resize_mode="stretch",
+                  image_format="jpeg", num_workers=1, shard_size_mb=1, min_images_per_class=1,
+                  max_rejected_fraction=0.1, max_image_pixels=1_000_000, previous_manifest="",
+                  near_duplicate_distance=0, tfds_data_dir="", tfds_splits="")
+
+    @dsl.pipeline(name="native-size")
+    def native_size(data_dir: str):
+        add_preprocess(1, dict(data_dir=data_dir, **params))
+        add_preprocess(2, dict(data_dir=data_dir, **params))
+
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(tmp_path / "root"))
+    native_size(data_dir=str(image_folder))
+    datasets = sorted((tmp_path / "root").glob("native-size-*/preprocess*/dataset"))
+    assert [d.parent.name for d in datasets] == ["preprocess", "preprocess-merge"]
+    for dataset in datasets:
+        metadata = tfrecords.read_metadata(dataset)
+        assert metadata["image_size"] == 240
+        images, _ = next(iter(tfrecords.load_split(dataset, "train", 4, training=False)))
+        assert images.shape[1:] == (240, 240, 3)
+    model = model_lib.build_model(metadata["num_classes"], "EfficientNetB1",
+                                  metadata["image_size"], "none")
+    assert model.input_shape == (None, 240, 240, 3)
