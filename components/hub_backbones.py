@@ -544,15 +544,20 @@ def _in_global_policy(tower: keras.Model) -> keras.Model:
     return rebuilt
 
 
-def target_size(loaded: Loaded) -> tuple[int, int] | None:
-    """The size the image tower runs at: its fixed input size (transformers), else the
-    converter's (None: any size, the pipeline's image_size)."""
-    shape = loaded.tower.input_shape
+def fixed_size(tower: keras.Model) -> tuple[int, int] | None:
+    """The image tower's fixed input size (transformers), None where it takes any (CNNs)."""
+    shape = tower.input_shape
     shape = list(shape.values())[0] if isinstance(shape, dict) else shape
     if isinstance(shape, list):
         shape = shape[0]
-    if shape[1] and shape[2]:
-        return int(shape[1]), int(shape[2])
+    return (int(shape[1]), int(shape[2])) if shape[1] and shape[2] else None
+
+
+def target_size(loaded: Loaded) -> tuple[int, int] | None:
+    """The preset's own image size: its tower's fixed input size, else its converter's
+    (None: any size)."""
+    if fixed := fixed_size(loaded.tower):
+        return fixed
     converter_size = loaded.converter.image_size
     return tuple(int(n) for n in converter_size) if converter_size else None
 
@@ -586,7 +591,9 @@ def build(name: str, image_size: int, weights: str,
     loaded = load(name, load_weights=weights == "imagenet", image_size=image_size)
     tower = loaded.tower
     tower.name = backbones.BACKBONE_LAYER_NAME
-    size = target_size(loaded)
+    # A tower that takes any size (CNNs) runs at image_size, as keras.applications models do:
+    # resizing to the preset's size would cost (preset / image_size)^2 the compute.
+    size = fixed_size(tower)
     preprocessing = HubImagePreprocessing.from_converter(
         loaded.converter, loaded.preset, name="preprocessing")
     preprocessing.image_size = size

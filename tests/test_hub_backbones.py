@@ -174,6 +174,15 @@ def test_dinov2_and_dinov3_run_at_the_pipelines_size(presets, capsys, kind, toke
     assert "images of 44x44 are resized to 32x32" in capsys.readouterr().out
 
 
+def test_cnns_run_at_the_pipelines_size(presets, capsys):
+    """A CNN takes any size: at 48 px it runs at 48, as keras.applications models do, where
+    resizing to the preset's 32 would lose pixels (or, upwards, cost compute)."""
+    model = model_lib.build_model(3, hub(presets["resnet"]), 48, "imagenet")
+    assert "resized" not in capsys.readouterr().out
+    assert model.get_layer("preprocessing").image_size is None
+    assert model.predict(images(size=48), verbose=0).shape == (4, 3)
+
+
 # ---- Fine-tuning by transformer blocks -------------------------------------------------------
 
 def _trainable_paths(model) -> set[str]:
