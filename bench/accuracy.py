@@ -21,8 +21,8 @@ from pathlib import Path
 import keras
 
 from bench.common import write_dataset
-from components import (configs, demo_weights, fashion_mnist, lite0_weights,
-                        model as model_lib, training)
+from components import (backbone_catalog, configs, demo_weights, fashion_mnist,
+                        lite0_weights, model as model_lib, training)
 from components.evaluation import compute_metrics, predict_split
 
 
@@ -39,12 +39,12 @@ def fit_options(epochs: int, args: argparse.Namespace) -> training.FitOptions:
                                label_smoothing=args.label_smoothing)
 
 
-# Each arm: (backbone, weights), derived when the arm runs.
-ARMS = {"imagenet": lambda: ("MobileNetV2", str(demo_weights.ensure_demo_weights())),
-        "none": lambda: ("MobileNetV2", "none"),
-        "efficientnet-lite0": lambda: (f"hub:{lite0_weights.ensure_preset()}", "imagenet")}
-ARM_NAMES = {"imagenet": "imagenet (demo)", "none": "none",
-             "efficientnet-lite0": "EfficientNet-Lite0"}
+# Each arm: its name in the table, and its (backbone, weights), derived when the arm runs.
+ARMS = {"imagenet": ("imagenet (demo)",
+                     lambda: ("MobileNetV2", str(demo_weights.ensure_demo_weights()))),
+        "none": ("none", lambda: ("MobileNetV2", "none")),
+        "efficientnet-lite0": ("EfficientNet-Lite0", lambda: (
+            f"{backbone_catalog.HUB_PREFIX}{lite0_weights.ensure_preset()}", "imagenet"))}
 
 
 def run(backbone: str, weights: str, dataset: Path, work: Path,
@@ -101,7 +101,8 @@ def main() -> None:
         for arm in args.weights:
             work = Path(tmp) / arm
             work.mkdir()
-            results[ARM_NAMES[arm]] = run(*ARMS[arm](), dataset, work, args)
+            name, backbone_and_weights = ARMS[arm]
+            results[name] = run(*backbone_and_weights(), dataset, work, args)
     print(f"\nSame budget for each arm: {args.image_size} px, batch "
           f"{configs.BATCH_SIZE}, {args.epochs} epochs train at "
           f"{args.learning_rate:g} then {args.fine_tune_epochs} fine_tune with layers "

@@ -19,6 +19,10 @@ from components.errors import TlpError
 # backbone=hub:PRESET: a KerasHub preset (components/hub_backbones.py, which imports Keras).
 HUB_PREFIX = "hub:"
 
+
+def is_hub(name: str) -> bool:
+    return name.startswith(HUB_PREFIX)
+
 # How a family's own keras.applications preprocess_input maps [0, 255] RGB, as `tlp
 # backbones` shows it (keras/src/applications/imagenet_utils.py's modes): tf to [-1, 1];
 # caffe RGB to BGR minus the ImageNet mean of each channel; torch to [0, 1] then the ImageNet
@@ -145,7 +149,7 @@ def get_backbone(name: str) -> Backbone:
 def validate_image_size(name: str, image_size: int) -> None:
     """image_size 0 stands for the backbone's native size; any other must be at least the
     backbone's minimum (a hub: preset takes any: the model resizes to the preset's own)."""
-    if name.startswith(HUB_PREFIX):
+    if is_hub(name):
         if image_size < 0:
             raise TlpError(f"image_size={image_size} must be 0 (the preset's own size) or a "
                            f"size in pixels for {name}.")
@@ -163,7 +167,7 @@ def resolve_image_size(name: str, image_size: int) -> int:
     """The size the pipeline resizes images to and builds the model at: image_size, or for
     0 the backbone's native size."""
     validate_image_size(name, image_size)
-    if not image_size and name.startswith(HUB_PREFIX):
+    if not image_size and is_hub(name):
         return hub_native_image_size(name)
     return image_size or get_backbone(name).native_image_size
 

@@ -100,15 +100,21 @@ def build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
                        "weights, or pass weights=none.") from error
     # Renamed afterwards: EfficientNetV2 looks its architecture up by the `name` argument.
     model.name = BACKBONE_LAYER_NAME
+    apply_weights(model, name, weights)
+    return model
+
+
+def apply_weights(model: keras.Model, name: str, weights: str) -> None:
+    """What `weights` asks of a backbone built with its pretrained weights or none: for none,
+    the BatchNorm momentum for training from scratch; for a file, its weights loaded."""
     if weights == "none":
-        for layer in model.layers:
+        for layer in model._flatten_layers():
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = configs.FROM_SCRATCH_BATCH_NORM_MOMENTUM
-    if weights not in ("imagenet", "none"):
+    elif weights != "imagenet":
         try:
             load_weights(model, weights)
         except TlpError:
             raise
         except (ValueError, OSError) as error:
             raise TlpError(f"weights file {weights} does not fit {name}: {error}") from error
-    return model

@@ -39,9 +39,9 @@ from pathlib import Path
 import keras
 
 from components import storage
+from components.backbone_catalog import HUB_PREFIX as PREFIX, is_hub  # noqa: F401 (public)
 from components.errors import TlpError
 
-PREFIX = "hub:"
 DISTRIBUTION = "keras-hub"
 VERSION = "0.32.0"  # pyproject.toml's [tool.tlp] pin (a test checks they agree).
 INSTALL = f"pip install --no-deps {DISTRIBUTION}=={VERSION}"
@@ -59,10 +59,6 @@ HOW_TO_SUPPLY = (
     "(the folder kagglehub or huggingface_hub downloaded it to is a preset folder as well), "
     "copy the folder here or to a bucket, and pass backbone=hub:/path/to/{folder} "
     "(or hub:gs://BUCKET/{folder}, hub:s3://BUCKET/{folder}).")
-
-
-def is_hub(name: str) -> bool:
-    return name.startswith(PREFIX)
 
 
 def preset_of(name: str) -> str:
@@ -586,7 +582,7 @@ def build(name: str, image_size: int, weights: str,
     'none' for random initialisation, or a weights file for the tower), the preprocessing
     layer (the preset's image converter, from image_size to the tower's size) and the head's
     pooling layer."""
-    from components import backbones, configs
+    from components import backbones
 
     loaded = load(name, load_weights=weights == "imagenet", image_size=image_size)
     tower = loaded.tower
@@ -601,17 +597,7 @@ def build(name: str, image_size: int, weights: str,
         print(f"backbone {name}: images of {image_size}x{image_size} are resized to "
               f"{size[0]}x{size[1]} in the model (the preset's size; image_size={size[0]} "
               "stores them at that size)", flush=True)
-    if weights == "none":
-        for layer in tower._flatten_layers():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = configs.FROM_SCRATCH_BATCH_NORM_MOMENTUM
-    elif weights != "imagenet":
-        try:
-            backbones.load_weights(tower, weights)
-        except TlpError:
-            raise
-        except (ValueError, OSError) as error:
-            raise TlpError(f"weights file {weights} does not fit {name}: {error}") from error
+    backbones.apply_weights(tower, name, weights)
     return tower, preprocessing, pooling_layer(tower, pooling)
 
 
@@ -628,28 +614,9 @@ def _units(base: keras.Model) -> tuple[list, list, list]:
     return family.below(base), family.blocks(base), family.above(base)
 
 
-def unit_count(base: keras.Model) -> int:
-    """How many fine-tune units the backbone has: blocks, or layers for CNNs."""
-    return len(_units(base)[1])
-
-
-def units_to_unfreeze(base: keras.Model, spec: str) -> int:
-    """fine_tune_layers for a KerasHub backbone: a count of blocks (transformers) or layers
-    (CNNs), a fraction of them, 'all', or a block's (layer's) name: it and all above."""
-    from components import model as model_lib
-
-    value = model_lib.parse_unfreeze(spec)
-    _, units, _ = _units(base)
-    if isinstance(value, float):
-        return round(value * len(units))
-    if isinstance(value, int):
-        return value
-    names = [unit.name for unit in units]
-    if value not in names:
-        what = "transformer block" if family_of(base).kind == "transformer" else "layer"
-        raise TlpError(f"fine_tune_layers={spec!r} is neither a number nor a {what} of the "
-                       f"backbone (its {what}s run from {names[0]!r} to {names[-1]!r}).")
-    return len(names) - names.index(value)
+def fine_tune_units(base: keras.Model) -> list:
+    """What fine_tune_layers counts, bottom to top: the blocks, or the layers of a CNN."""
+    return _units(base)[1]
 
 
 def unfreeze_top_units(base: keras.Model, count: int) -> int:
@@ -727,7 +694,7 @@ def describe(name: str) -> Info:
     preprocessing.image_size = size
     tower = loaded.tower
     family = loaded.family
-    units = unit_count(tower)
+    units = len(fine_tune_units(tower))
     kind = kind_of(preset)
     source = {"folder": f"local preset folder {preset}", "bucket": f"preset folder {preset}",
               "handle": preset}.get(kind)

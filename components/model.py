@@ -304,18 +304,20 @@ def parse_unfreeze(spec: str) -> int | float | str:
 
 def layers_to_unfreeze(base: keras.Model, spec: str) -> int:
     """How many top backbone layers `spec` (see parse_unfreeze) means; for a KerasHub
-    transformer, how many transformer blocks (hub_backbones.units_to_unfreeze)."""
-    if hub_backbones.is_hub_model(base):
-        return hub_backbones.units_to_unfreeze(base, spec)
+    transformer, how many transformer blocks (hub_backbones.fine_tune_units)."""
+    hub = hub_backbones.is_hub_model(base)
+    units = hub_backbones.fine_tune_units(base) if hub else base.layers
     value = parse_unfreeze(spec)
     if isinstance(value, float):
-        return round(value * len(base.layers))
+        return round(value * len(units))
     if isinstance(value, int):
         return value
-    names = [layer.name for layer in base.layers]
+    names = [unit.name for unit in units]
     if value not in names:
-        raise TlpError(f"fine_tune_layers={spec!r} is neither a number nor a layer of the "
-                       f"backbone (its layers run from {names[1]!r} to {names[-1]!r}).")
+        what = hub_backbones.fine_tune_unit(base)[:-1] if hub else "layer"
+        shown = [unit.name for unit in units if not isinstance(unit, keras.layers.InputLayer)]
+        raise TlpError(f"fine_tune_layers={spec!r} is neither a number nor a {what} of the "
+                       f"backbone (its {what}s run from {shown[0]!r} to {shown[-1]!r}).")
     return len(names) - names.index(value)
 
 
@@ -341,7 +343,7 @@ def describe_unfrozen(base: keras.Model, trainable: int) -> str:
     """'12 of 155 backbone layers trainable', or for a KerasHub transformer '2 of 12
     transformer blocks trainable'."""
     if hub_backbones.is_hub_model(base):
-        return (f"{trainable} of {hub_backbones.unit_count(base)} "
+        return (f"{trainable} of {len(hub_backbones.fine_tune_units(base))} "
                 f"{hub_backbones.fine_tune_unit(base)} trainable")
     return f"{trainable} of {len(base.layers)} backbone layers trainable"
 
