@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import keras
 
-from components import configs
+from components import configs, distributed
 from components.errors import TlpError
 
 MIXED_PRECISION_MODES = ("auto", "bfloat16", "float16", "off")
@@ -165,8 +165,11 @@ def configure(mixed_precision: str) -> str:
 
 def replica_devices() -> list[str]:
     """The devices training replicates over: every visible GPU (Keras's names on JAX,
-    TensorFlow's logical device names on TensorFlow)."""
+    TensorFlow's logical device names on TensorFlow); under several JAX processes every
+    device of every process, GPUs or else CPUs (components/distributed.py)."""
     if keras.backend.backend() == "jax":
+        if distributed.current()[1] > 1:
+            return keras.distribution.list_devices()
         return keras.distribution.list_devices("gpu") if _gpu_compute_capabilities() else []
     return [device.name for device in _tensorflow().config.list_logical_devices("GPU")]
 
@@ -174,14 +177,16 @@ def replica_devices() -> list[str]:
 def distribution_scope():
     """Data parallelism over replica_devices() when there are two or more: MirroredStrategy's
     scope on TensorFlow (build and compile inside it), Keras's DataParallel distribution on
-    JAX. Prints how many replicas it uses."""
+    JAX. Prints how many replicas it uses. Under several processes each reads its own part of
+    the data (tfrecords.load_split), so Keras must not shard the datasets again."""
     devices = replica_devices()
     if len(devices) < 2:
         return contextlib.nullcontext()
     print(f"accelerators: data parallel over {len(devices)} replicas: {', '.join(devices)}",
           flush=True)
     if keras.backend.backend() == "jax":
-        return keras.distribution.DataParallel(devices=devices).scope()
+        return keras.distribution.DataParallel(devices=devices,
+                                               auto_shard_dataset=False).scope()
     return _mirrored_strategy(tuple(devices)).scope()
 
 
@@ -208,13 +213,15 @@ def replica_batch_size(batch_size: int, examples: int, split: str) -> int:
     trainer.py, _maybe_symbolic_build), which fails unless every replica's share has the
     same shape: so the batch must split evenly and the first batch be whole (a split
     smaller than a batch gets a smaller batch). JAX's DataParallel needs every batch,
-    the last included, to split evenly."""
+    the last included, to split evenly; under several processes every batch is whole."""
     replicas = replicas_in_use()
     if replicas == 1:
         return batch_size
     if batch_size % replicas:
         raise TlpError(f"batch_size={batch_size} does not split evenly over {replicas} "
                        f"replicas (GPUs): choose a multiple of {replicas}.")
+    if distributed.current()[1] > 1:
+        return batch_size  # Whole batches on every process (tfrecords.load_split).
     if keras.backend.backend() == "jax" and examples % replicas:
         # DataParallel shards every batch, the last too (jax IndivisibleError otherwise).
         raise TlpError(f"The {split} split has {examples} images, which leaves a last batch "

@@ -47,6 +47,39 @@ RETRY_BACKOFF_FACTOR = 2.0
 RETRY_BACKOFF_MAX = "3600s"
 IMAGE_PULL_POLICY = "IfNotPresent"  # The tags are versions, never moved.
 
+# Training over several nodes (train_nodes > 1): train and fine_tune each create a Kubeflow
+# Trainer TrainJob (v2.2+) on its jax-distributed ClusterTrainingRuntime, which starts one pod
+# per node and gives each the JAX_* variables below; the step waits for it and collects the
+# model (components/trainjob.py, components/node_training.py).
+TRAIN_NODES = 1
+TRAINJOB_GROUP = "trainer.kubeflow.org"
+TRAINJOB_VERSION = "v1alpha1"
+TRAINJOB_PLURAL = "trainjobs"
+TRAINJOB_KIND = "TrainJob"
+TRAINJOB_RUNTIME = "jax-distributed"
+# The runtime's container that runs the trainer, and the pods' label naming their TrainJob
+# (its JobSet has the TrainJob's name).
+TRAINJOB_CONTAINER = "node"
+TRAINJOB_POD_LABEL = "jobset.sigs.k8s.io/jobset-name"
+# Who owns the TrainJob's runtime patch (node selector, tolerations, service account).
+TRAINJOB_PATCH_MANAGER = "tlp.kubeflow.org/pipeline"
+TRAINJOB_POLL_SECONDS = 15.0
+# Set by the compiled pipeline on train and fine_tune: JSON of the TrainJob's node settings
+# (image, GPUs, node selector, tolerations, env; pipeline.ClusterOptions.node_settings); its
+# namespace and service account come from the pod itself (Kubernetes field paths).
+TRAINJOB_SETTINGS_ENV = "TLP_TRAINJOB_SETTINGS"
+NAMESPACE_ENV = "TLP_NAMESPACE"
+SERVICE_ACCOUNT_ENV = "TLP_SERVICE_ACCOUNT"
+# A step compiled with --train-nodes N > 1 only launches and watches TrainJobs: it runs in
+# the CPU image with these requests, and the nodes get the step's own.
+TRAINJOB_LAUNCHER_RESOURCES = ("500m", "1Gi")
+# What the jax-distributed runtime sets in each node's pod (Trainer v2.2 puts the port in the
+# address: NAME-node-0-0.NAME:29500; a separate _PORT is honoured where a runtime sets one).
+JAX_NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
+JAX_PROCESS_ID_ENV = "JAX_PROCESS_ID"
+JAX_COORDINATOR_ADDRESS_ENV = "JAX_COORDINATOR_ADDRESS"
+JAX_COORDINATOR_PORT_ENV = "JAX_COORDINATOR_PORT"
+
 # `tlp run --local --docker`: pipeline parameters that may name local files or folders, mounted
 # into the step containers at the same path (read-only, except the export destination), and
 # the container network (host: no bridge needed, and weights=imagenet can still download).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from components import configs
+from components import configs, distributed
 
 _FEATURES = {
     configs.KEY_ENCODED: tf.io.FixedLenFeature([], tf.string),
@@ -48,19 +48,32 @@ def load_split(dataset_dir: str | Path, split: str, batch_size: int, *, training
     to its Input's dtype), on the accelerator, so the CPU never writes 4-byte pixels and 4x
     fewer bytes go to the GPU. Shards are read in parallel; decoded
     images are cached in memory when the split fits the budget; training data is shuffled.
-    Records are decoded a batch at a time, batches in parallel."""
+    Records are decoded a batch at a time, batches in parallel.
+
+    Under several processes (components/distributed.py) batch_size is the global batch:
+    each process reads its own shards (distributed.own_shards) in batches of batch_size /
+    processes, repeated as needed so that every process yields the same number of whole
+    batches, ceil(examples / batch_size), which the collective steps require."""
     metadata = read_metadata(dataset_dir)
     image_size, image_format = metadata["image_size"], metadata["image_format"]
     if image_format not in configs.IMAGE_FORMATS:
         raise ValueError(f"{Path(dataset_dir) / configs.METADATA_FILE}: image_format="
                          f"{image_format!r} is not one this version reads "
                          f"({', '.join(configs.IMAGE_FORMATS)}); preprocess the data again")
-    files = shard_files(dataset_dir, split, metadata)
+    index, count = distributed.current()
+    files, by_record = distributed.own_shards(shard_files(dataset_dir, split, metadata), index,
+                                              count)
+    if count > 1:
+        print(distributed.describe_shards(split, files, by_record, index, count), flush=True)
+    batches = math.ceil(metadata["num_examples"][split] / batch_size)
+    batch_size //= count
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
         dataset = dataset.shuffle(len(files), seed=seed)
     dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    if by_record:
+        dataset = dataset.shard(count, index)
 
     def decoded_batches(records: tf.data.Dataset) -> tf.data.Dataset:
         return records.batch(batch_size).map(
@@ -76,6 +89,8 @@ def load_split(dataset_dir: str | Path, split: str, batch_size: int, *, training
         # far less memory churn): decoding after shuffling takes a third less CPU.
         dataset = dataset.shuffle(min(metadata["num_examples"][split], 10_000), seed=seed,
                                   reshuffle_each_iteration=True)
+    if count > 1:  # Whole batches only, as many on every process: see above.
+        dataset = dataset.repeat()
     # Batching copies every image once: in parallel, or it alone caps a GPU's feed; in
     # order, so that a seeded run stays reproducible.
     dataset = (dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE)
@@ -83,8 +98,7 @@ def load_split(dataset_dir: str | Path, split: str, batch_size: int, *, training
     if binary:
         dataset = dataset.map(lambda image, label: (image, tf.cast(label, tf.float32)[:, None]),
                               num_parallel_calls=tf.data.AUTOTUNE)
-    batches = math.ceil(metadata["num_examples"][split] / batch_size)
-    return (dataset
-            # A known length lets Keras show progress and end epochs without a warning.
-            .apply(tf.data.experimental.assert_cardinality(batches))
-            .prefetch(tf.data.AUTOTUNE))
+    # A known length lets Keras show progress and end epochs without a warning.
+    dataset = (dataset.take(batches) if count > 1
+               else dataset.apply(tf.data.experimental.assert_cardinality(batches)))
+    return dataset.prefetch(tf.data.AUTOTUNE)

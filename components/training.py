@@ -12,8 +12,8 @@ from pathlib import Path
 
 import keras
 
-from components import (accelerators, configs, features, model as model_lib, storage,
-                        tfrecords)
+from components import (accelerators, configs, distributed, features, model as model_lib,
+                        storage, tfrecords)
 from components.errors import TlpError
 
 
@@ -290,11 +290,18 @@ def read_csv_history(path: str | Path) -> dict:
     return history
 
 
+def _mirrored(state_dir: str) -> bool:
+    """Whether training keeps its state in a local temporary folder that MirrorState copies to
+    state_dir: for a bucket, and under several processes (components/distributed.py), where
+    every process restores from state_dir but only the chief writes there."""
+    return storage.is_remote(state_dir) or distributed.current()[1] > 1
+
+
 @contextlib.contextmanager
 def _local_state(state_dir: str) -> Iterator[str]:
-    """The local folder training writes its state to: state_dir itself, or for a bucket
-    location a temporary folder that MirrorState copies there."""
-    if not storage.is_remote(state_dir):
+    """The local folder training writes its state to: state_dir itself, or when _mirrored a
+    temporary folder."""
+    if not _mirrored(state_dir):
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         yield state_dir
         return
@@ -339,7 +346,9 @@ def fit_datasets(model: keras.Model, train, validation, metadata: dict, options:
     (fine-tuning), the incoming weights count as a candidate with that loss, so the result is
     never worse on validation than the model that came in. A run killed part-way and started
     again with the same state_dir (a local folder, or a gs:// or s3:// prefix) resumes after
-    its last completed epoch. Returns the history (absolute epochs)."""
+    its last completed epoch. Under several processes each runs this alike (the same
+    callbacks, on its own local state); only the chief writes to state_dir. Returns the
+    history (absolute epochs)."""
     num_classes = metadata["num_classes"]
     rate = learning_rate_schedule(learning_rate, options.lr_schedule, len(train),
                                   options.epochs, options.warmup_epochs)
@@ -348,7 +357,8 @@ def fit_datasets(model: keras.Model, train, validation, metadata: dict, options:
     weights = class_weights(list(metadata["counts"]["train"].values()), options.class_weighting)
     if weights:
         print(f"class weights: {weights}", flush=True)
-    remote = state_dir if storage.is_remote(state_dir) else None
+    remote = state_dir if _mirrored(state_dir) else None
+    chief = distributed.is_chief()
     with _local_state(state_dir) as local:
         snapshots = restore_state(remote, local, tensorboard_dir) if remote else []
         done = read_csv_history(Path(local, HISTORY_CSV))
@@ -362,7 +372,7 @@ def fit_datasets(model: keras.Model, train, validation, metadata: dict, options:
                                                  else [best_val_loss])
         callbacks = make_callbacks(local, options, min(candidates, default=None),
                                    isinstance(rate, float), tensorboard_dir)
-        if remote:
+        if remote and chief:
             callbacks.append(MirrorState(local, remote, tensorboard_dir, snapshots))
         model.fit(train, validation_data=validation, epochs=initial_epoch + options.epochs,
                   initial_epoch=initial_epoch, verbose=2,
@@ -371,9 +381,9 @@ def fit_datasets(model: keras.Model, train, validation, metadata: dict, options:
         load_best_weights(model, local)
         history = read_csv_history(Path(local, HISTORY_CSV))
     # Finished: nothing left to resume.
-    if remote:
+    if remote and chief:
         storage.delete_tree(remote)
-    else:
+    elif not remote:
         shutil.rmtree(state_dir)
     return history
 
@@ -444,6 +454,10 @@ def train(dataset_dir: str, model_path: str, history_path: str, backbone: str, w
                       "trains, so its features change every step; training end-to-end on "
                       "the images", flush=True)
                 head_feature_views = 0
+        elif head_feature_views and distributed.current()[1] > 1:
+            print(f"train: head_feature_views={head_feature_views} ignored over several "
+                  "nodes: the head trains end-to-end on the images", flush=True)
+            head_feature_views = 0
         elif (head_feature_views > 1
               and "augmentation" not in [layer.name for layer in model.layers]):
             print(f"train: head_feature_views={head_feature_views}: no augmentation is on, "

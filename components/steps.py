@@ -1,0 +1,44 @@
+"""The training of the train and fine_tune steps, from their parameters and files: what the
+KFP step runs itself (one process), and what every node of its TrainJob runs
+(components/node_training.py). Call keras_backend.select first: this imports Keras."""
+from components import model as model_lib, training
+
+# The files each step reads (inputs) and writes (outputs), by their KFP artifact names;
+# tensorboard is a folder, the others are files.
+INPUTS = {"train": ("dataset",), "fine_tune": ("dataset", "trained_model", "train_history")}
+OUTPUTS = {"train": ("model", "history", "tensorboard", "initial_model"),
+           "fine_tune": ("model", "history", "tensorboard")}
+FOLDER_OUTPUTS = ("tensorboard",)
+
+
+def train(parameters: dict, files: dict[str, str], state: str) -> dict:
+    """The train step's training (training.train) from its KFP parameters; files: local paths
+    of INPUTS and OUTPUTS["train"]; state: where its resumable state lives. Returns the
+    history."""
+    p = parameters
+    head = model_lib.Head(p["pooling"], model_lib.Head.parse_units(p["head_dense_units"]),
+                          p["head_batch_norm"], p["dropout"], p["weight_decay"])
+    augmentation = model_lib.Augmentation(
+        flip=p["augment_flip"], rotation=p["augment_rotation"], zoom=p["augment_zoom"],
+        translation=p["augment_translation"], shear=p["augment_shear"],
+        contrast=p["augment_contrast"], brightness=p["augment_brightness"],
+        color_jitter=p["augment_color_jitter"], blur=p["augment_blur"],
+        erasing=p["augment_erasing"], fill_mode=p["augment_fill_mode"])
+    return training.train(files["dataset"], files["model"], files["history"], p["backbone"],
+                          p["weights"], head, augmentation, p["learning_rate"],
+                          training.FitOptions.from_parameters(p), state, files["tensorboard"],
+                          files["initial_model"], p["head_feature_views"])
+
+
+def fine_tune(parameters: dict, files: dict[str, str], state: str) -> dict:
+    """The fine_tune step's training (training.fine_tune), as train above."""
+    p = parameters
+    return training.fine_tune(files["dataset"], files["trained_model"], files["train_history"],
+                              files["model"], files["history"], p["fine_tune_layers"],
+                              p["fine_tune_learning_rate"],
+                              training.FitOptions.from_parameters(
+                                  {**p, "epochs": p["fine_tune_epochs"]}),
+                              state, files["tensorboard"], p["domain_similarity"])
+
+
+STEPS = {"train": train, "fine_tune": fine_tune}
