@@ -107,34 +107,23 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
           warmup_epochs: int, label_smoothing: float, class_weighting: str,
           mixed_precision: str, steps_per_execution: int, backend: str,
           early_stopping_patience: int, reduce_lr_patience: int, target_accuracy: float,
-          cache_budget_mb: int, seed: int, head_feature_views: int, model: Output[Model],
-          history: Output[Artifact], tensorboard: Output[Artifact],
-          initial_model: Output[Model]):
+          cache_budget_mb: int, seed: int, head_feature_views: int, train_nodes: int,
+          run_id: str, task_name: str, model: Output[Model], history: Output[Artifact],
+          tensorboard: Output[Artifact], initial_model: Output[Model]):
     """Trains a new head on the frozen pretrained backbone (saved before training too, as
     initial_model, for evaluate's comparison); with head_feature_views > 0, on cached
     backbone features of that many augmented views of each train image. Resumes after the
-    last completed epoch when a retry finds the state of a killed attempt."""
+    last completed epoch when a retry finds the state of a killed attempt. With train_nodes
+    > 1, on that many nodes of a Kubeflow Trainer TrainJob named after run_id and task_name
+    (KFP's placeholders)."""
     from components import keras_backend
 
     keras_backend.select(backend)  # Before anything imports keras.
-    from components import model as model_lib, training
+    from components import steps
 
-    head = model_lib.Head(pooling, model_lib.Head.parse_units(head_dense_units),
-                          head_batch_norm, dropout, weight_decay)
-    augmentation = model_lib.Augmentation(
-        flip=augment_flip, rotation=augment_rotation, zoom=augment_zoom,
-        translation=augment_translation, shear=augment_shear, contrast=augment_contrast,
-        brightness=augment_brightness, color_jitter=augment_color_jitter, blur=augment_blur,
-        erasing=augment_erasing, fill_mode=augment_fill_mode)
-    options = training.FitOptions.from_parameters(locals())
-    state = training.state_location(model.uri, model.path)
-    model.path += ".keras"  # Keras picks the format by extension.
-    initial_model.path += ".keras"
-    result = training.train(dataset.path, model.path, history.path, backbone, weights, head,
-                            augmentation, learning_rate, options, state, tensorboard.path,
-                            initial_model.path, head_feature_views)
+    result = steps.run("train", locals())
     model.metadata.update({"backbone": backbone, "epochs": result["epoch"][-1],
-                           "backend": backend})
+                           "backend": backend, "train_nodes": train_nodes})
 
 
 @gpu_component
@@ -144,22 +133,19 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
               optimizer: str, lr_schedule: str, warmup_epochs: int, label_smoothing: float,
               class_weighting: str, mixed_precision: str, steps_per_execution: int,
               backend: str, early_stopping_patience: int, reduce_lr_patience: int,
-              target_accuracy: float, cache_budget_mb: int, seed: int, model: Output[Model],
-              history: Output[Artifact], tensorboard: Output[Artifact]):
+              target_accuracy: float, cache_budget_mb: int, seed: int, train_nodes: int,
+              run_id: str, task_name: str, model: Output[Model], history: Output[Artifact],
+              tensorboard: Output[Artifact]):
     """Unfreezes the top backbone layers and trains further with a low learning rate.
-    Resumes after the last completed epoch when a retry finds the state of a killed attempt."""
+    Resumes after the last completed epoch when a retry finds the state of a killed attempt.
+    With train_nodes > 1, on that many nodes of a Kubeflow Trainer TrainJob."""
     from components import keras_backend
 
     keras_backend.select(backend)  # Before anything imports keras.
-    from components import training
+    from components import steps
 
-    options = training.FitOptions.from_parameters({**locals(), "epochs": fine_tune_epochs})
-    state = training.state_location(model.uri, model.path)
-    model.path += ".keras"
-    training.fine_tune(dataset.path, trained_model.path, train_history.path, model.path,
-                       history.path, fine_tune_layers, fine_tune_learning_rate, options, state,
-                       tensorboard.path, domain_similarity)
-    model.metadata["backend"] = backend
+    steps.run("fine_tune", locals())
+    model.metadata.update({"backend": backend, "train_nodes": train_nodes})
 
 
 @cpu_component

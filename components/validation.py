@@ -51,6 +51,25 @@ def _validate_source(params: dict, local: bool) -> None:
         sources.list_source(source)
 
 
+def _validate_train_nodes(params: dict, local: bool) -> None:
+    """Several nodes: a Kubeflow Trainer TrainJob on its jax-distributed runtime, so JAX, on a
+    cluster (components/trainjob.py)."""
+    nodes = params["train_nodes"]
+    if nodes < 1:
+        raise TlpError(f"train_nodes={nodes} must be 1 or more.")
+    if nodes == 1:
+        return
+    if params["backend"] != "jax":
+        raise TlpError(f"train_nodes={nodes} needs backend=jax: training over several nodes "
+                       "runs on Kubeflow Trainer's jax-distributed runtime, and TensorFlow's "
+                       "multi-worker training has no Trainer v2 runtime. Pass --backend jax, "
+                       "or --train-nodes 1.")
+    if local:
+        raise TlpError(f"train_nodes={nodes}: tlp run --local runs each step as one local "
+                       "process; several nodes need a Kubeflow cluster with Trainer v2.2+ "
+                       "(tlp submit/compile --train-nodes N). Use --train-nodes 1 here.")
+
+
 def validate_parameters(params: dict, local: bool, require_data_dir: bool = True) -> dict:
     """params: the pipeline's arguments. local: paths are on this machine, so check them.
     require_data_dir: False when compiling, where data_dir may be left for run time. Returns
@@ -90,6 +109,7 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
     _validate_fine_tune_layers(params)
     accelerators.choose_policy(params["mixed_precision"], [])
     keras_backend.validate(params["backend"])
+    _validate_train_nodes(params, local)
     if params["baseline_tolerance"] < 0:
         raise TlpError(f"baseline_tolerance={params['baseline_tolerance']} must be >= 0.")
     for name in ("weights", "baseline_model", "export_destination"):

@@ -151,8 +151,9 @@ def _key_values(pairs: list[str] | None, flag: str) -> dict[str, str]:
     return result
 
 
-def cluster_options(args: argparse.Namespace):
-    """The cluster settings from the flags, over the defaults in components/configs.py."""
+def cluster_options(args: argparse.Namespace, train_nodes: int = configs.TRAIN_NODES):
+    """The cluster settings from the flags, over the defaults in components/configs.py;
+    train_nodes: the pipeline parameter's value (steps that launch TrainJobs need no GPU)."""
     from pipelines.pipeline import ClusterOptions
 
     cpu = _key_values(args.cpu_request, "--cpu-request")
@@ -174,7 +175,7 @@ def cluster_options(args: argparse.Namespace):
         image_pull_secrets=tuple(args.image_pull_secret or ()),
         image_registry=args.image_registry,
         preprocess_parallelism=args.preprocess_parallelism, s3_endpoint=args.s3_endpoint,
-        s3_secret=args.s3_secret)
+        s3_secret=args.s3_secret, train_nodes=train_nodes)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -188,7 +189,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     validate_parameters({**{name: spec.default for name, spec in inputs.items()}, **overrides},
                         local=False, require_data_dir=False)
     # The values set by flags or config become the compiled pipeline's defaults.
-    compiler.Compiler().compile(create_pipeline(cluster_options(args)),
+    cluster = cluster_options(args, overrides.get("train_nodes", configs.TRAIN_NODES))
+    compiler.Compiler().compile(create_pipeline(cluster),
                                 str(args.output), pipeline_parameters=overrides or None)
     print(f"wrote {args.output}")
     return 0
@@ -198,7 +200,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from pipelines import runner
 
     arguments = pipeline_arguments(args, local=False)
-    _, state = runner.submit(arguments, args.host, cluster_options(args), args.experiment,
+    _, state = runner.submit(arguments, args.host,
+                             cluster_options(args, arguments["train_nodes"]), args.experiment,
                              args.run_name, args.namespace, args.pipeline_root, args.wait,
                              args.timeout)
     if state is not None:

@@ -4,10 +4,11 @@ from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 
-from components import configs, kfp_steps
+from components import configs, kfp_steps, trainjob
 from components.errors import TlpError
 
 GPU_STEPS = ("train", "fine_tune")
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # Kubernetes quantities, as kfp checks them (CPU: "2", "0.5", "500m"; memory: "16Gi").
 _CPU = re.compile(r"([0-9]*[.])?[0-9]+m?")
@@ -41,6 +42,10 @@ class ClusterOptions:
     every step what components/storage.py needs for s3:// and minio:// URIs (training state
     under the pipeline root included): the store's URL as AWS_ENDPOINT_URL_S3, and the keys
     AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY of that Secret as variables of the same names.
+    train_nodes: the pipeline parameter's value when compiled; N > 1 makes train and fine_tune
+    launchers of N-node TrainJobs (components/trainjob.py), whose nodes get the GPUs,
+    resources, node selector and tolerations above (node_settings) while the steps run in the
+    CPU image with configs.TRAINJOB_LAUNCHER_RESOURCES.
     """
     gpu_count: int = configs.GPU_COUNT
     gpu_resource: str = configs.GPU_RESOURCE
@@ -57,12 +62,16 @@ class ClusterOptions:
     preprocess_parallelism: int = configs.PREPROCESS_PARALLELISM
     s3_endpoint: str = ""
     s3_secret: str = ""
+    train_nodes: int = configs.TRAIN_NODES
 
     def __post_init__(self):
         for text in self.gpu_tolerations:
             parse_toleration(text)
         if self.gpu_count < 0 or self.retries < 0:
             raise TlpError("gpu count and retries must be 0 or more.")
+        if self.train_nodes < 1:
+            raise TlpError(f"train_nodes={self.train_nodes} must be 1 (train in the step) or "
+                           "more (a TrainJob of that many nodes).")
         if self.preprocess_parallelism < 1:
             raise TlpError(f"preprocess parallelism {self.preprocess_parallelism} must be 1 "
                            "(one step) or more (pods).")
@@ -80,11 +89,45 @@ class ClusterOptions:
                 raise TlpError(f"{step}: CPU {cpu!r} / memory {memory!r} are not Kubernetes "
                                "quantities (e.g. CPU 4 or 500m, memory 16Gi).")
 
+    def _env(self) -> list[dict]:
+        """Every step's variables for the object store, as Kubernetes EnvVar objects."""
+        env = [{"name": "AWS_ENDPOINT_URL_S3", "value": self.s3_endpoint}] \
+            if self.s3_endpoint else []
+        return env + [{"name": key, "valueFrom": {"secretKeyRef": {
+            "name": self.s3_secret, "key": key}}} for key in S3_SECRET_KEYS if self.s3_secret]
+
+    def node_settings(self, step: str) -> "trainjob.NodeSettings":
+        """How each node of a TrainJob of the GPU step `step` runs: as the step would, with
+        its image, GPUs, requests, node selector, tolerations and object-store variables."""
+        gpu = self.gpu_count > 0
+        env = self._env() + ([{"name": configs.REQUIRE_GPU_ENV, "value": str(self.gpu_count)}]
+                             if gpu else [])
+        cpu, memory = self.resources.get(step, configs.STEP_RESOURCES[step])
+        return trainjob.NodeSettings(
+            image=configs.image(configs.GPU_IMAGE_NAME if gpu else configs.CPU_IMAGE_NAME,
+                                self.image_registry),
+            gpu_count=self.gpu_count, gpu_resource=self.gpu_resource, cpu=cpu, memory=memory,
+            node_selector=dict(self.gpu_node_selector) if gpu else {},
+            tolerations=[{key: value for key, value in parse_toleration(text).items()
+                          if value is not None} for text in self.gpu_tolerations] if gpu else [],
+            env=env, image_pull_secrets=list(self.image_pull_secrets),
+            launcher=self.train_nodes > 1)
+
     def configure(self, task: dsl.PipelineTask, step: str) -> None:
-        """Applies these options to the task of the given step."""
-        gpu = step in GPU_STEPS and self.gpu_count > 0
+        """Applies these options to the task of the given step. The GPU steps also get what
+        they need to run a TrainJob (train_nodes > 1): its node settings, their namespace and
+        service account; compiled with train_nodes > 1 they only launch it, so run in the CPU
+        image, on any node, with small requests."""
+        launcher = step in GPU_STEPS and self.train_nodes > 1
+        gpu = step in GPU_STEPS and self.gpu_count > 0 and not launcher
         name = configs.GPU_IMAGE_NAME if gpu else configs.CPU_IMAGE_NAME
         task.set_container_image(configs.image(name, self.image_registry))
+        if step in GPU_STEPS:
+            task.set_env_variable(configs.TRAINJOB_SETTINGS_ENV,
+                                  self.node_settings(step).to_json())
+            kubernetes.use_field_path_as_env(task, configs.NAMESPACE_ENV, "metadata.namespace")
+            kubernetes.use_field_path_as_env(task, configs.SERVICE_ACCOUNT_ENV,
+                                             "spec.serviceAccountName")
         kubernetes.set_image_pull_policy(task, self.image_pull_policy)
         if self.image_pull_secrets:
             kubernetes.set_image_pull_secrets(task, list(self.image_pull_secrets))
@@ -92,8 +135,9 @@ class ClusterOptions:
             task.set_env_variable("AWS_ENDPOINT_URL_S3", self.s3_endpoint)
         if self.s3_secret:
             kubernetes.use_secret_as_env(task, self.s3_secret, {
-                key: key for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
-        cpu, memory = self.resources.get(step, configs.STEP_RESOURCES[step])
+                key: key for key in S3_SECRET_KEYS})
+        cpu, memory = (configs.TRAINJOB_LAUNCHER_RESOURCES if launcher
+                       else self.resources.get(step, configs.STEP_RESOURCES[step]))
         task.set_cpu_request(cpu).set_memory_request(memory)
         # A cache hit is keyed on the parameters only: right for the preprocessed data of one
         # data_dir, wrong for training (re-running it is the point) and for export.
@@ -200,6 +244,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
         mixed_precision: str = configs.MIXED_PRECISION,
         steps_per_execution: int = configs.STEPS_PER_EXECUTION,
         backend: str = configs.BACKEND,
+        train_nodes: int = configs.TRAIN_NODES,
         min_test_accuracy: float = configs.MIN_TEST_ACCURACY,
         top_k: int = configs.TOP_K,
         baseline_model: str = configs.BASELINE_MODEL,
@@ -288,6 +333,9 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
                 steps are short.
             backend: Keras backend of train and fine_tune: tensorflow or jax (tf.data still
                 feeds it; evaluate and export use TensorFlow).
+            train_nodes: Nodes train and fine_tune each run on: 1, or N > 1 for a Kubeflow
+                Trainer TrainJob of N nodes on its jax-distributed runtime (backend jax; a
+                cluster only).
             min_test_accuracy: Export the model only if its test accuracy reaches this.
             top_k: Report top-k accuracy for this k.
             baseline_model: A .keras file or export folder (local, gs:// or s3://) to beat on
@@ -300,6 +348,10 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                         class_weighting=class_weighting, mixed_precision=mixed_precision,
                         steps_per_execution=steps_per_execution, backend=backend,
+                        train_nodes=train_nodes,
+                        # Resolved per task by KFP: they name the step's TrainJob.
+                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
                         early_stopping_patience=early_stopping_patience,
                         reduce_lr_patience=reduce_lr_patience, target_accuracy=target_accuracy,
                         cache_budget_mb=cache_budget_mb, seed=seed)
