@@ -1,6 +1,8 @@
 """The cluster settings of the compiled pipeline, parsed strictly into the KFP protos:
 PipelineSpec (images, resources, caching, retries) and the kfp-kubernetes PlatformSpec
 (node selector, tolerations, image pull policy and secrets, the object store's Secret)."""
+import json
+
 import pytest
 import yaml
 from google.protobuf import json_format
@@ -18,6 +20,23 @@ EXECUTORS = {"preprocess": "exec-preprocess", "train": "exec-train",
              "fine_tune": "exec-fine-tune", "evaluate": "exec-evaluate",
              "export": "exec-export"}
 GPU = ("train", "fine_tune")
+
+
+# What the GPU steps get for a TrainJob (train_nodes > 1): their namespace and account.
+TRAINJOB_FIELDS = [{"name": configs.NAMESPACE_ENV, "fieldPath": "metadata.namespace"},
+                   {"name": configs.SERVICE_ACCOUNT_ENV, "fieldPath": "spec.serviceAccountName"}]
+
+
+def step_env(container: dict) -> list[dict]:
+    """The container's variables but the TrainJob node settings (checked on their own)."""
+    return [dict(env) for env in (container["env"] if "env" in container else [])
+            if env["name"] != configs.TRAINJOB_SETTINGS_ENV]
+
+
+def trainjob_settings(container: dict) -> dict:
+    [value] = [env["value"] for env in container["env"]
+               if env["name"] == configs.TRAINJOB_SETTINGS_ENV]
+    return json.loads(value)
 
 
 def parse(path):
@@ -62,7 +81,7 @@ def test_every_cluster_setting_reaches_the_compiled_specs(tmp_path):
         resources = container["resources"]
         image = "tlp-gpu" if step in GPU else "tlp-cpu"
         assert container["image"] == f"registry.example.com:5000/ml/{image}:{configs.VERSION}"
-        assert [dict(env) for env in container["env"]] \
+        assert step_env(container) \
             == [{"name": "AWS_ENDPOINT_URL_S3", "value": "http://minio-service.kubeflow:9000"}] \
             + ([{"name": configs.REQUIRE_GPU_ENV, "value": "2"}] if step in GPU else [])
         assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) \
@@ -89,7 +108,8 @@ def test_every_cluster_setting_reaches_the_compiled_specs(tmp_path):
                          "secretNameParameter": {"runtimeValue": {"constant": "tlp-object-store"}},
                          "keyToEnv": [{"secretKey": key, "envVar": key} for key in
                                       ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]}]}
-    gpu = {**pull, "nodeSelector": {"labels": {"cloud.google.com/gke-nodepool": "gpu-pool"}},
+    gpu = {**pull, "fieldPathAsEnv": TRAINJOB_FIELDS,
+           "nodeSelector": {"labels": {"cloud.google.com/gke-nodepool": "gpu-pool"}},
            "tolerations": [
                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
                {"key": "pool", "operator": "Equal", "value": "gpu", "effect": "NoExecute"},
@@ -113,7 +133,7 @@ def test_defaults_come_from_configs(tmp_path):
     assert not train_k8s.image_pull_secret and not train_k8s.node_selector.labels
     assert not train_k8s.secret_as_env
     # The GPU steps fail rather than train on the CPU if they find no GPU.
-    assert [dict(env) for env in train["env"]] \
+    assert step_env(train) \
         == [{"name": configs.REQUIRE_GPU_ENV, "value": str(configs.GPU_COUNT)}]
     assert "env" not in spec.deployment_spec["executors"]["exec-evaluate"]["container"]
     assert [(t.key, t.operator, t.effect) for t in train_k8s.tolerations] \
@@ -129,7 +149,7 @@ def test_without_gpus_training_runs_in_the_cpu_image_on_any_node(tmp_path):
         container = spec.deployment_spec["executors"][EXECUTORS[step]]["container"]
         assert "accelerator" not in container["resources"]
         assert container["image"] == configs.CPU_IMAGE
-        assert "env" not in container  # No GPU to require.
+        assert not step_env(container)  # No GPU to require.
         config = kubernetes[EXECUTORS[step]]
         assert not config.node_selector.labels and not config.tolerations
         assert tasks[step].retry_policy.max_retry_count == configs.RETRIES
@@ -229,3 +249,68 @@ def test_preprocess_fans_out_over_pods_then_merges(tmp_path):
         assert container["resources"]["resourceCpuRequest"] == "6"
     with pytest.raises(TlpError, match="preprocess parallelism 0"):
         ClusterOptions(preprocess_parallelism=0)
+
+
+def test_train_nodes_compile_to_launchers_and_gpu_settings_for_the_nodes(tmp_path):
+    """Golden: --train-nodes 4 is the parameter's default, train and fine_tune launch
+    TrainJobs (CPU image, small requests, no GPU, any node), and the GPU settings go to the
+    TrainJob's nodes."""
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), "--train-nodes", "4", "--backend", "jax",
+                     "--gpu-count", "8", "--gpu-node-selector", "tlp/pool=h100",
+                     "--gpu-toleration", "nvidia.com/gpu:NoSchedule", "--cpu-request",
+                     "train=32", "--memory-request", "train=256Gi", "--image-registry",
+                     "registry.example.com/ml", "--s3-endpoint", "http://minio:9000"]) == 0
+    spec, tasks, kubernetes = parse(out)
+    parameter = spec.root.input_definitions.parameters["train_nodes"]
+    assert parameter.default_value.number_value == 4
+    assert spec.root.input_definitions.parameters["backend"].default_value.string_value == "jax"
+    for step in GPU:
+        inputs = tasks[step].inputs.parameters
+        assert inputs["train_nodes"].component_input_parameter == "train_nodes"
+        assert inputs["run_id"].runtime_value.constant.string_value == "{{$.pipeline_job_uuid}}"
+        assert inputs["task_name"].runtime_value.constant.string_value \
+            == "{{$.pipeline_task_name}}"
+        assert tasks[step].retry_policy.max_retry_count == configs.RETRIES
+        container = spec.deployment_spec["executors"][EXECUTORS[step]]["container"]
+        assert container["image"] == f"registry.example.com/ml/tlp-cpu:{configs.VERSION}"
+        assert "accelerator" not in container["resources"]
+        assert (container["resources"]["resourceCpuRequest"],
+                container["resources"]["resourceMemoryRequest"]) \
+            == configs.TRAINJOB_LAUNCHER_RESOURCES
+        assert step_env(container) == [{"name": "AWS_ENDPOINT_URL_S3",
+                                        "value": "http://minio:9000"}]
+        config = json_format.MessageToDict(kubernetes[EXECUTORS[step]])
+        assert "nodeSelector" not in config and "tolerations" not in config
+        assert config["fieldPathAsEnv"] == TRAINJOB_FIELDS
+        resources = ("32", "256Gi") if step == "train" else configs.STEP_RESOURCES[step]
+        assert trainjob_settings(container) == {
+            "image": f"registry.example.com/ml/tlp-gpu:{configs.VERSION}", "gpu_count": 8,
+            "gpu_resource": "nvidia.com/gpu", "cpu": resources[0], "memory": resources[1],
+            "node_selector": {"tlp/pool": "h100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                             "effect": "NoSchedule"}],
+            "env": [{"name": "AWS_ENDPOINT_URL_S3", "value": "http://minio:9000"},
+                    {"name": configs.REQUIRE_GPU_ENV, "value": "8"}],
+            "image_pull_secrets": [], "launcher": True}
+
+
+def test_one_node_steps_carry_node_settings_for_a_run_that_asks_for_more(tmp_path):
+    """Compiled with one node, the GPU steps train themselves, and a run with train_nodes > 1
+    still finds its TrainJob's settings."""
+    spec, _, _ = compile_and_parse(tmp_path, ClusterOptions())
+    container = spec.deployment_spec["executors"]["exec-train"]["container"]
+    assert container["image"] == configs.GPU_IMAGE
+    settings = trainjob_settings(container)
+    assert settings["image"] == configs.GPU_IMAGE and not settings["launcher"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-nodes", "2"], "train_nodes=2 needs backend=jax"),
+    (["--train-nodes", "0"], "train_nodes=0 must be 1 or more"),
+])
+def test_bad_train_nodes_stop_with_one_message(tmp_path, capsys, argv, message):
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

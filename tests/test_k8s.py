@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
-from components import configs
+from components import configs, trainjob
 
 K8S = configs.REPO_ROOT / "k8s"
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if p.is_dir())
@@ -82,8 +82,14 @@ def render(folder: Path) -> list[dict]:
                     == (change["kind"], change["metadata"]["name"])]
         _merge(target, change)
     if "namespace" in kustomization:
+        accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
         for doc in docs:
             doc["metadata"]["namespace"] = kustomization["namespace"]
+            # As kustomize: a binding's subject that is an account of these manifests gets
+            # their namespace (an account from elsewhere keeps none: the binding's own).
+            for subject in doc.get("subjects", []):
+                if subject["kind"] == "ServiceAccount" and subject["name"] in accounts:
+                    subject["namespace"] = kustomization["namespace"]
     return docs
 
 
@@ -93,7 +99,7 @@ def _by_kind(docs: list[dict]) -> dict:
 
 def test_every_manifest_file_is_strictly_valid():
     files = [p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"]
-    assert len(files) == 10
+    assert len(files) == 11
     for path in files:
         for doc in yaml.safe_load_all(path.read_text()):
             validate(doc)
@@ -133,6 +139,27 @@ def test_overlays_render_to_valid_manifests(overlay):
     else:
         assert credentials["fromEnv"] is False
         assert credentials["secretRef"]["secretName"] == "tlp-object-store"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_the_pipeline_account_may_run_trainjobs(overlay):
+    """train_nodes > 1: the steps' account may do with TrainJobs in its namespace what
+    components/trainjob.py does, and no more than TrainJobs."""
+    docs = _by_kind(render(overlay))
+    role, binding = docs["Role"], docs["RoleBinding"]
+    [rule] = role["rules"]
+    assert (rule["apiGroups"], rule["resources"]) == ([configs.TRAINJOB_GROUP],
+                                                      [configs.TRAINJOB_PLURAL])
+    assert set(trainjob.VERBS) <= set(rule["verbs"])
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    # The account KFP runs a profile's pipeline pods as (annotated by the GCS overlay), in
+    # the binding's namespace.
+    [subject] = binding["subjects"]
+    assert (subject["kind"], subject["name"]) == ("ServiceAccount", "default-editor")
+    assert subject.get("namespace", binding["metadata"]["namespace"]) \
+        == binding["metadata"]["namespace"]
 
 
 @pytest.mark.parametrize("overlay", SERVING_OVERLAYS, ids=lambda p: p.name)
