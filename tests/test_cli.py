@@ -74,6 +74,9 @@ def test_help_lists_every_parameter_with_its_default(capsys):
     (["--top-k", "0"], "top_k=0 must be at least 1"),
     (["--head-feature-views", "-1"], "head_feature_views=-1 must be at least 0"),
     (["--backend", "torch"], "backend='torch'; choose one of tensorflow, jax"),
+    (["--train-nodes", "2"], "train_nodes=2 needs backend=jax"),
+    (["--train-nodes", "2", "--backend", "jax"], "train_nodes=2: tlp run --local runs each "
+                                                 "step as one local process"),
     (["--baseline-model", "/no/such.keras"], "baseline_model /no/such.keras does not exist"),
     (["--export-destination", "minio://b/m"], "export_destination=minio://b/m: use a local"),
     (["--resize-mode", "squash"], "resize_mode='squash'; choose one of stretch, pad, crop"),

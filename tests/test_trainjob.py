@@ -298,3 +298,15 @@ def test_the_schema_catches_a_misspelt_trainjob_field():
     pod["nodeSelectors"] = pod.pop("nodeSelector")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(job, SCHEMA)
+
+
+def test_a_launcher_step_run_with_one_node_says_how_to_fix_it(monkeypatch, tmp_path):
+    """Compiled with --train-nodes 4 the steps have no GPU: run with train_nodes=1 they stop
+    rather than train on the CPU."""
+    from components import steps
+
+    monkeypatch.setenv(configs.TRAINJOB_SETTINGS_ENV, CLUSTER.node_settings("train").to_json())
+    values = {**train_artifacts(tmp_path), "train_nodes": 1, "backend": "jax"}
+    with pytest.raises(TlpError, match="train_nodes=1, but this pipeline was compiled with "
+                                       "--train-nodes > 1"):
+        steps.run("train", values)
