@@ -125,7 +125,8 @@ def frozen_weights(tmp_path: Path) -> str:
 
 
 @pytest.mark.multiprocess
-def test_two_processes_train_one_model(tmp_path, sharded_dataset, frozen_weights):
+def test_two_processes_train_and_fine_tune_one_model(tmp_path, sharded_dataset,
+                                                    frozen_weights):
     out = tmp_path / "out"
     spec = node_spec(sharded_dataset, out, frozen_weights, epochs=1)
     nodes = start_nodes(spec, tmp_path)
@@ -151,6 +152,21 @@ def test_two_processes_train_one_model(tmp_path, sharded_dataset, frozen_weights
     model = keras.models.load_model(out / "model.keras")
     predictions = model.predict(np.zeros((2, 32, 32, 3), "uint8"), verbose=0)
     np.testing.assert_allclose(predictions.sum(axis=1), [1.0, 1.0], rtol=1e-5)
+
+    # fine_tune's nodes, on the model and history train's nodes wrote.
+    tuned = tmp_path / "tuned"
+    spec = {**spec, "step": "fine_tune", "state": str(tuned / "model.state"),
+            "parameters": {**spec["parameters"], "fine_tune_epochs": 1,
+                           "fine_tune_layers": "10"},
+            "inputs": {"dataset": str(sharded_dataset), "trained_model": str(out / "model.keras"),
+                       "train_history": str(out / "history")},
+            "outputs": {name: str(tuned / file) for name, file in
+                        (("model", "model.keras"), ("history", "history"),
+                         ("tensorboard", "tensorboard"))}}
+    codes = wait_all(start_nodes(spec, tuned.parent), 240)
+    assert codes == [0, 0], (tmp_path / "node-1.log").read_text()[-3000:]
+    assert json.loads((tuned / "history").read_text())["epoch"] == [2]
+    assert sorted(p.name for p in tuned.iterdir()) == ["history", "model.keras", "tensorboard"]
 
 
 def completed_epochs(state: Path) -> int:
