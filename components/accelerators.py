@@ -46,13 +46,14 @@ def _tensorflow():
 
 def gpus() -> list[tuple[str, tuple[int, int]]]:
     """(description, compute capability) of each GPU the Keras backend sees, e.g.
-    ('cuda:0 (NVIDIA H100 80GB HBM3)', (9, 0))."""
+    ('cuda:0 (NVIDIA H100 80GB HBM3)', (9, 0)); under several JAX processes, this process's
+    own."""
     if keras.backend.backend() == "jax":
         import jax
 
         return [(f"{device} ({device.device_kind})",
                  tuple(int(part) for part in str(device.compute_capability).split(".")))
-                for device in jax.devices() if device.platform == "gpu"]
+                for device in jax.local_devices() if device.platform == "gpu"]
     tf = _tensorflow()
     found = []
     for gpu in tf.config.list_physical_devices("GPU"):
