@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     from components import keras_backend
 
     keras_backend.select("jax")
-    from components import backbones, preprocess
+    from components import backbones, preprocess, trainjob
     from pipelines.pipeline import create_pipeline
 
     with tempfile.TemporaryDirectory() as work:
@@ -74,13 +74,12 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{split} {len(names)}" for split, names in metadata["shards"].items()))
         for processes in args.processes:
             out = Path(work, f"out-{processes}")
-            spec = {"step": "train", "parameters": parameters,
-                    "inputs": {"dataset": str(dataset)},
-                    "outputs": {"model": str(out / "model.keras"),
-                                "history": str(out / "history"),
-                                "tensorboard": str(out / "tensorboard"),
-                                "initial_model": str(out / "initial_model.keras")},
-                    "state": str(out / "model.state")}
+            spec = trainjob.node_spec(
+                "train", parameters, {"dataset": str(dataset)},
+                {"model": str(out / "model.keras"), "history": str(out / "history"),
+                 "tensorboard": str(out / "tensorboard"),
+                 "initial_model": str(out / "initial_model.keras")},
+                str(out / "model.state"))
             seconds = run_arm(spec, processes)
             print(f"{processes} process(es): first epoch {seconds[0]:.1f} s, then median "
                   f"{statistics.median(seconds[1:]):.2f} s per epoch "

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import backbones, configs, distributed, tfrecords
+from components import backbones, configs, distributed, tfrecords, trainjob
 from components.errors import TlpError
 from pipelines.pipeline import create_pipeline
 
@@ -78,9 +78,9 @@ def node_spec(dataset: Path, out: Path, weights: str, epochs: int) -> dict:
                       batch_size=8, target_accuracy=1.01, early_stopping_patience=epochs)
     outputs = {"model": "model.keras", "history": "history", "tensorboard": "tensorboard",
                "initial_model": "initial_model.keras"}
-    return {"step": "train", "parameters": parameters, "inputs": {"dataset": str(dataset)},
-            "outputs": {name: str(out / file) for name, file in outputs.items()},
-            "state": str(out / "model.state")}
+    return trainjob.node_spec("train", parameters, {"dataset": str(dataset)},
+                              {name: str(out / file) for name, file in outputs.items()},
+                              str(out / "model.state"))
 
 
 def start_nodes(spec: dict, logs: Path, count: int = 2) -> list[subprocess.Popen]:
