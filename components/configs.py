@@ -175,6 +175,9 @@ BACKEND = "tensorflow"
 # still mostly hold the initial values and the model predicts one class in inference mode.
 FROM_SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 STEPS_PER_EXECUTION = 1
+# On JAX, batches train and fine_tune copy to the device ahead of the step, from a background
+# thread (components/device_feed.py).
+DEVICE_FEED_DEPTH = 3
 MIN_TEST_ACCURACY = 0.5
 TOP_K = 3
 BASELINE_MODEL = ""  # Empty: no baseline to compare with.
