@@ -15,7 +15,7 @@ from pipelines import cli
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("TLP_UPDATE_GOLDEN") == "1"
 # Golden file -> the `tlp compile` flags that write it.
-TARGETS = {"pipeline-kfp.yaml": []}
+TARGETS = {"pipeline-kfp.yaml": [], "pipeline-vertex.yaml": ["--target", "vertex"]}
 
 
 @pytest.mark.parametrize("name", TARGETS)
