@@ -55,7 +55,7 @@ image-gpu:
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,vertex]'
 	$(BIN)/python -m pip install -q --no-deps $$($(BIN)/python docker/requirements.py --without-deps pyproject.toml)
 	touch $@
 
