@@ -29,7 +29,7 @@ def parse_toleration(text: str) -> dict:
 
 # Settings of the kfp target only, by their tlp flags: Vertex AI Pipelines ignores
 # kfp-kubernetes settings (and a volume mount breaks job creation, kubeflow/pipelines#11241).
-KUBERNETES_ONLY = {"gpu_resource": "--gpu-resource (on Vertex: --gpu-type)",
+CLUSTER_ONLY = {"gpu_resource": "--gpu-resource (on Vertex: --gpu-type)",
                    "gpu_node_selector": "--gpu-node-selector",
                    "gpu_tolerations": "--gpu-toleration", "image_pull_policy":
                    "--image-pull-policy", "image_pull_secrets": "--image-pull-secret",
@@ -55,7 +55,7 @@ class ClusterOptions:
     (training state under the pipeline root included): the store's URL as
     AWS_ENDPOINT_URL_S3, and the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY of that
     Secret as variables of the same names. None, "" or empty: the target's default (for
-    vertex, none of the KUBERNETES_ONLY settings may be given).
+    vertex, none of the CLUSTER_ONLY settings may be given).
     """
     target: str = configs.TARGET
     gpu_count: int = configs.GPU_COUNT
@@ -106,7 +106,7 @@ class ClusterOptions:
                                "quantities (e.g. CPU 4 or 500m, memory 16Gi).")
 
     def _check_vertex(self) -> None:
-        given = [flag for name, flag in KUBERNETES_ONLY.items() if getattr(self, name)]
+        given = [flag for name, flag in CLUSTER_ONLY.items() if getattr(self, name)]
         if given:
             raise TlpError(f"{', '.join(given)}: Kubeflow cluster settings, which Vertex AI "
                            "Pipelines ignores; leave them out with --target vertex.")

@@ -40,6 +40,17 @@ def _state(job) -> str:
     return job.state.name.removeprefix("PIPELINE_STATE_")
 
 
+def _wait(job, url: str, timeout_s: float) -> str:
+    """Polls the job until it ends; its final state."""
+    deadline = time.monotonic() + timeout_s
+    while (state := _state(job)) not in FINAL_STATES:
+        if time.monotonic() > deadline:
+            raise TlpError(f"the run did not finish within {timeout_s:.0f} s (--timeout); it "
+                           f"goes on: {url}")
+        time.sleep(configs.SUBMIT_POLL_SECONDS)
+    return state
+
+
 def submit(arguments: dict, cluster: ClusterOptions, target: VertexProject,
            pipeline_root: str | None, run_name: str | None = None, wait: bool = False,
            timeout_s: float = 24 * 3600) -> tuple[str, str | None]:
@@ -47,19 +58,20 @@ def submit(arguments: dict, cluster: ClusterOptions, target: VertexProject,
     returns the run's console URL and, with wait, its final state (SUCCEEDED, FAILED, ...).
     Credentials: Application Default Credentials (gcloud auth application-default login,
     GOOGLE_APPLICATION_CREDENTIALS, or the workload's service account)."""
+    if not pipeline_root:
+        raise TlpError("--target vertex needs --pipeline-root gs://BUCKET/PATH: Vertex has no "
+                       "default pipeline root of the project's.")
+    check_arguments(arguments, pipeline_root)
     try:
         from google.api_core import exceptions
         from google.auth.exceptions import DefaultCredentialsError
         from google.cloud import aiplatform
+        from requests.exceptions import ConnectionError as Unreachable
     except ImportError as error:
         raise TlpError("--target vertex submits with google-cloud-aiplatform: "
                        "pip install 'tlp[vertex]'.") from error
     from kfp import compiler
 
-    if not pipeline_root:
-        raise TlpError("--target vertex needs --pipeline-root gs://BUCKET/PATH: Vertex has no "
-                       "default pipeline root of the project's.")
-    check_arguments(arguments, pipeline_root)
     endpoint = target.api_endpoint or f"{target.region}-aiplatform.googleapis.com"
     with tempfile.TemporaryDirectory() as folder:
         template = Path(folder) / "pipeline.yaml"
@@ -75,18 +87,13 @@ def submit(arguments: dict, cluster: ClusterOptions, target: VertexProject,
             url = (f"https://console.cloud.google.com/vertex-ai/locations/{target.region}/"
                    f"pipelines/runs/{job.name}?project={target.project}")
             print(f"run: {url}", flush=True)
-            if not wait:
-                return url, None
-            deadline = time.monotonic() + timeout_s
-            while (state := _state(job)) not in FINAL_STATES:
-                if time.monotonic() > deadline:
-                    raise TlpError(f"the run did not finish within {timeout_s:.0f} s "
-                                   f"(--timeout); it goes on: {url}")
-                time.sleep(configs.SUBMIT_POLL_SECONDS)
+            return url, _wait(job, url, timeout_s) if wait else None
         except exceptions.GoogleAPICallError as error:
             raise TlpError(f"Vertex AI at {endpoint} answered {error.code}: "
                            f"{error.message}") from error
+        except Unreachable as error:
+            raise TlpError(f"cannot reach Vertex AI at {endpoint} ({error}); check --region "
+                           "and --api-endpoint.") from error
         except DefaultCredentialsError as error:
             raise TlpError("no Google Cloud credentials: run `gcloud auth application-default "
                            "login`, or set GOOGLE_APPLICATION_CREDENTIALS.") from error
-    return url, state

@@ -202,3 +202,36 @@ def test_namespace_from_the_environment_or_the_service_account(tmp_path, monkeyp
     assert model_registry.current_namespace() == "team-b"
     monkeypatch.setenv("POD_NAMESPACE", "team-c")
     assert model_registry.current_namespace() == "team-c"
+
+
+# The step runs in this environment, not in the image it names: meant here.
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+def test_the_register_step_registers_what_export_published(registry, tmp_path):
+    """The KFP component, run by kfp.local: the model card from export's folder, the run's id
+    and name from KFP's placeholders."""
+    from kfp import dsl, local
+
+    from components import kfp_steps
+
+    exported = tmp_path / "exported_model"
+    exported.mkdir()
+    (exported / configs.MODEL_CARD_FILE).write_text(json.dumps(CARD))
+
+    @dsl.pipeline(name="register-only")
+    def pipeline(server: str):
+        model = dsl.importer(artifact_uri=str(exported), artifact_class=dsl.Model)
+        kfp_steps.register(model_registry=server, registered_model_name="flowers",
+                           published=PUBLISHED, exported_model=model.output,
+                           run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                           run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "r"))
+    pipeline(server=registry.url)
+    [artifact] = registry.store["artifacts"]
+    assert artifact["uri"] == PUBLISHED
+    assert artifact["modelSourceName"].startswith("register-only")
+    assert artifact["modelSourceId"]
+    [version] = registry.store["versions"]
+    assert json.loads(properties(version)["model_card"]) == CARD
+    [saved] = (tmp_path / "r").glob("*/register/registration")
+    assert json.loads(saved.read_text())["model_registry_uri"] == "model-registry://flowers/3"

@@ -3,6 +3,7 @@ accelerator names, CPU/memory limits), the options it refuses, and `tlp submit -
 vertex` through google-cloud-aiplatform, pointed at a small stand-in for the Vertex AI REST
 API (and for the Cloud Storage bucket lookup PipelineJob.submit makes first)."""
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -220,3 +221,11 @@ def test_submit_refuses_what_vertex_cannot_run(vertex_server, capsys, flags, mes
     assert cli.main([*submit_argv(vertex_server), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not vertex_server.requests
+
+
+def test_an_unreachable_endpoint_is_one_message(vertex_server, capsys):
+    with socket.socket() as probe:  # A port nothing listens on once the probe is closed.
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    assert cli.main([*submit_argv(vertex_server), "--api-endpoint", endpoint]) == 2
+    assert f"tlp: error: cannot reach Vertex AI at {endpoint}" in capsys.readouterr().err
