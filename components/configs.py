@@ -50,7 +50,7 @@ STEP_RESOURCES = {
     "fine_tune": ("4", "16Gi"),
     "evaluate": ("2", "8Gi"),
     "export": ("1", "4Gi"),
-    "register": ("500m", "1Gi"),
+    "register": ("1", "1Gi"),
 }
 # Retries for the GPU steps, which preemptible/spot nodes can kill mid-run.
 RETRIES = 2
