@@ -392,9 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "or on Vertex AI Pipelines (--target vertex)")
     sub.add_argument("--host", help="kfp: KFP API endpoint, e.g. http://localhost:8080 "
                                     "[required]")
-    sub.add_argument("--experiment", default="Default", help="experiment name [%(default)s]")
+    sub.add_argument("--experiment", default="Default", help="kfp: experiment name [%(default)s]")
     sub.add_argument("--run-name", help="run name [pipeline name and time]")
-    sub.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    sub.add_argument("--namespace", help="kfp: Kubeflow profile namespace (multi-user installs)")
     sub.add_argument("--pipeline-root", help="artifact root, e.g. gs://bucket/root "
                                              "[kfp: the namespace's kfp-launcher default; "
                                              "vertex: required, gs://]")
