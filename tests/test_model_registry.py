@@ -2,6 +2,7 @@
 calls the official client makes: find and create registered models, model versions and
 model artifacts), so the tests see what the registry would receive."""
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -171,6 +172,15 @@ def test_a_server_error_fails_with_the_servers_message(registry):
     with pytest.raises(TlpError, match=r"the model registry at http://127\.0\.0\.1:\d+ "
                                        r"answered 500 .*: database is locked"):
         model_registry.register(registry.url, "flowers", PUBLISHED, CARD, SOURCE)
+
+
+def test_an_unreachable_registry_is_one_message(monkeypatch):
+    monkeypatch.setenv(configs.MODEL_REGISTRY_TOKEN_ENV, "registry-token")
+    with socket.socket() as probe:  # A port nothing listens on once the probe is closed.
+        probe.bind(("127.0.0.1", 0))
+        server = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.raises(TlpError, match=f"cannot reach the model registry at {server}"):
+        model_registry.register(server, "flowers", PUBLISHED, CARD, SOURCE)
 
 
 @pytest.mark.parametrize("published, message", [
