@@ -30,10 +30,11 @@ def parse_toleration(text: str) -> dict:
 # Settings of the kfp target only, by their tlp flags: Vertex AI Pipelines ignores
 # kfp-kubernetes settings (and a volume mount breaks job creation, kubeflow/pipelines#11241).
 CLUSTER_ONLY = {"gpu_resource": "--gpu-resource (on Vertex: --gpu-type)",
-                   "gpu_node_selector": "--gpu-node-selector",
-                   "gpu_tolerations": "--gpu-toleration", "image_pull_policy":
-                   "--image-pull-policy", "image_pull_secrets": "--image-pull-secret",
-                   "s3_endpoint": "--s3-endpoint", "s3_secret": "--s3-secret"}
+                "gpu_node_selector": "--gpu-node-selector",
+                "gpu_tolerations": "--gpu-toleration",
+                "image_pull_policy": "--image-pull-policy",
+                "image_pull_secrets": "--image-pull-secret",
+                "s3_endpoint": "--s3-endpoint", "s3_secret": "--s3-secret"}
 
 
 @dataclass(frozen=True)
