@@ -16,7 +16,7 @@ from pipelines.pipeline import ClusterOptions, create_pipeline
 # Step -> its executor in the compiled spec; train and fine_tune are the GPU steps.
 EXECUTORS = {"preprocess": "exec-preprocess", "train": "exec-train",
              "fine_tune": "exec-fine-tune", "evaluate": "exec-evaluate",
-             "export": "exec-export"}
+             "export": "exec-export", "register": "exec-register"}
 GPU = ("train", "fine_tune")
 
 
@@ -26,8 +26,9 @@ def parse(path):
     docs = list(yaml.safe_load_all(path.read_text()))
     spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
     tasks = dict(spec.root.dag.tasks)
-    for name in [n for n in tasks if n.startswith("condition")]:
-        tasks.update(spec.components[tasks.pop(name).component_ref.name].dag.tasks)
+    while conditions := [n for n in tasks if n.startswith("condition")]:
+        for name in conditions:
+            tasks.update(spec.components[tasks.pop(name).component_ref.name].dag.tasks)
     tasks = {step: tasks[executor.removeprefix("exec-")] for step, executor in EXECUTORS.items()}
     kubernetes = {}
     if len(docs) > 1:
