@@ -65,6 +65,16 @@ def on_device_ahead(batches: Iterator, depth: int = configs.DEVICE_FEED_DEPTH) -
         stop.set()
 
 
+def describe() -> str:
+    """What DeviceFeed does on this process's backend, for the step's log."""
+    if keras.backend.backend() != "jax":
+        return "input: tf.data batches fed to the compiled step by Keras"
+    if keras.distribution.distribution() is not None:
+        return "input: tf.data batches laid out over the devices by Keras's distribution"
+    return (f"input: tf.data batches copied to the device by a background thread, up to "
+            f"{configs.DEVICE_FEED_DEPTH} ahead of the step")
+
+
 class DeviceFeed(TFDatasetAdapter):
     """A tf.data dataset as fit's input (and validation_data): on JAX without a
     keras.distribution, its batches reach the device from a background thread

@@ -364,6 +364,7 @@ def fit_datasets(model: keras.Model, train, validation, metadata: dict, options:
                                    isinstance(rate, float), tensorboard_dir)
         if remote:
             callbacks.append(MirrorState(local, remote, tensorboard_dir, snapshots))
+        print(device_feed.describe(), flush=True)
         # The dataset shuffles itself; DeviceFeed applies the class weights.
         model.fit(device_feed.DeviceFeed(train, weights),
                   validation_data=device_feed.DeviceFeed(validation),

@@ -87,6 +87,7 @@ def history(fed: bool) -> dict:
                      verbose=0).history
 
 
+print(device_feed.describe())
 print(json.dumps({"backend": keras.backend.backend(), "fed": history(True),
                   "keras": history(False)}))
 """
@@ -98,7 +99,10 @@ def test_jax_trains_on_the_feed_as_on_the_dataset():
     result = subprocess.run([sys.executable, "-c", JAX_FIT_SCRIPT], capture_output=True,
                             text=True, env={**os.environ, "KERAS_BACKEND": "jax"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    run = json.loads(result.stdout.strip().splitlines()[-1])
+    *_, description, line = result.stdout.strip().splitlines()
+    assert description == ("input: tf.data batches copied to the device by a background "
+                           "thread, up to 3 ahead of the step")
+    run = json.loads(line)
     assert run["backend"] == "jax"
     assert set(run["fed"]) == {"loss", "val_loss"}
     for key in ("loss", "val_loss"):
