@@ -18,7 +18,7 @@ from pipelines.pipeline import ClusterOptions, create_pipeline
 # Step -> its executor in the compiled spec; train and fine_tune are the GPU steps.
 EXECUTORS = {"preprocess": "exec-preprocess", "train": "exec-train",
              "fine_tune": "exec-fine-tune", "evaluate": "exec-evaluate",
-             "export": "exec-export"}
+             "export": "exec-export", "register": "exec-register"}
 GPU = ("train", "fine_tune")
 
 
@@ -45,8 +45,9 @@ def parse(path):
     docs = list(yaml.safe_load_all(path.read_text()))
     spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
     tasks = dict(spec.root.dag.tasks)
-    for name in [n for n in tasks if n.startswith("condition")]:
-        tasks.update(spec.components[tasks.pop(name).component_ref.name].dag.tasks)
+    while conditions := [n for n in tasks if n.startswith("condition")]:
+        for name in conditions:
+            tasks.update(spec.components[tasks.pop(name).component_ref.name].dag.tasks)
     tasks = {step: tasks[executor.removeprefix("exec-")] for step, executor in EXECUTORS.items()}
     kubernetes = {}
     if len(docs) > 1:
@@ -308,6 +309,9 @@ def test_one_node_steps_carry_node_settings_for_a_run_that_asks_for_more(tmp_pat
 @pytest.mark.parametrize("argv, message", [
     (["--train-nodes", "2"], "train_nodes=2 needs backend=jax"),
     (["--train-nodes", "0"], "train_nodes=0 must be 1 or more"),
+    (["--train-nodes", "2", "--backend", "jax", "--target", "vertex"],
+     "train_nodes=2: several nodes run as a Kubeflow Trainer TrainJob, which Vertex AI "
+     "Pipelines has no place for"),
 ])
 def test_bad_train_nodes_stop_with_one_message(tmp_path, capsys, argv, message):
     out = tmp_path / "p.yaml"
