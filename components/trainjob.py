@@ -8,10 +8,9 @@ pipeline root's bucket), keep the resumable state where the step itself would
 model's URI, from which the step copies them to its own output paths for the KFP launcher.
 
 Talks to the Kubernetes API with the `kubernetes` client (a dependency of kfp): the unified
-`kubeflow` SDK's TrainerClient installs beside kfp 2.17 too, but it reads the cluster-scoped
-ClusterTrainingRuntime before creating a job and lists pods for its status, which a
-namespaced Role (k8s/base/trainjob-rbac.yaml) does not grant, and it could not set the
-runtime patch below.
+`kubeflow` SDK's TrainerClient (0.5.0) installs beside kfp 2.17 too, but its train() reads
+the cluster-scoped ClusterTrainingRuntime before creating a job and its job status lists
+pods, which the namespaced Role in k8s/base/trainjob-rbac.yaml does not grant.
 """
 import hashlib
 import json
