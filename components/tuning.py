@@ -8,6 +8,7 @@ the sample and select steps import it without TensorFlow.
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,9 +55,10 @@ def tunable_types() -> dict[str, str]:
 def _dimension(name: str, spec, source: str, types: dict[str, str]) -> Dimension:
     where = f"search space {source}: {name}"
     if name not in types:
-        fixed = (" is fixed during tuning: the trials share one dataset and the tuner sets "
-                 "the epochs" if name in configs.TUNE_FIXED else " is not a parameter")
-        raise TlpError(f"{where}{fixed}; searchable: {', '.join(sorted(types))}.")
+        raise TlpError(f"{where} cannot be searched: the trials share one preprocessed "
+                       "dataset (so no preprocess parameter), the tuner sets the epochs, and "
+                       f"{', '.join(p for p in configs.TUNE_FIXED if 'epochs' not in p)} "
+                       f"stay fixed. Searchable: {', '.join(sorted(types))}.")
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
         raise TlpError(f"{where}: write one of {{log_uniform: [LOW, HIGH]}}, "
                        "{uniform: [LOW, HIGH]}, {choice: [A, B, ...]}.")
@@ -70,11 +72,12 @@ def _dimension(name: str, spec, source: str, types: dict[str, str]) -> Dimension
     if kfp_type not in RANGE_TYPES:
         raise TlpError(f"{where} is a {kfp_type} parameter: give its values with "
                        "{choice: [...]} rather than a range.")
-    if (not isinstance(values, list) or len(values) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       for v in values)):
-        raise TlpError(f"{where}: {kind} needs [LOW, HIGH], two numbers.")
-    low, high = (float(v) for v in values)
+    try:
+        # YAML reads 1e-5 (no dot) as a string: take any number written as one.
+        low, high = (float(v) for v in values
+                     if not isinstance(v, (bool, list, dict)))  # float(True) would pass.
+    except (TypeError, ValueError) as error:
+        raise TlpError(f"{where}: {kind} needs [LOW, HIGH], two numbers.") from error
     if not low < high:
         raise TlpError(f"{where}: the range [{low:g}, {high:g}] is empty; write LOW < HIGH "
                        "(for one value, set the parameter itself instead).")
@@ -111,6 +114,22 @@ def parse_space(space: dict, source: str, types: dict[str, str]) -> dict[str, Di
                        "{log_uniform|uniform|choice: ...}, at least one.")
     return {name: _dimension(str(name), space[name], source, types)
             for name in sorted(space, key=str)}
+
+
+def check_values(dimensions: dict[str, Dimension], base: dict,
+                 validate: Callable[[dict], object], source: str) -> None:
+    """Passes each range end and each choice, as the pipeline parameters it becomes (over
+    base), through validate (the CLI's parameter check), so that a value a step would
+    reject fails before any work, naming the file, the parameter and the fix."""
+    for dim in dimensions.values():
+        for value in dim.values:
+            try:
+                validate({**base, **expand({dim.name: value}, base)})
+            except TlpError as error:
+                what = "choice" if dim.kind == "choice" else f"{dim.kind} range end"
+                raise TlpError(f"search space {source}: {dim.name}={value} (a {what}) would "
+                               f"be rejected by the steps: {error} Narrow the range or drop "
+                               "the value.") from error
 
 
 def load_space(path: str | Path | None) -> dict:
