@@ -210,9 +210,7 @@ def tune_trial(dataset: Input[Dataset], trial: dict, backbone: str, weights: str
 
     started = time.monotonic()
     base = dict(locals())
-    overrides = tuning.expand(trial["params"], base)
-    parameters = {**tuning.apply(base, overrides), "epochs": int(trial["epochs"]),
-                  "fine_tune_epochs": int(trial["fine_tune_epochs"])}
+    overrides, parameters = tuning.trial_parameters(base, trial)
     keras_backend.select(backend)  # Before anything imports keras.
     from components import training
 

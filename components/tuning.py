@@ -173,6 +173,14 @@ def apply(base: dict, overrides: dict) -> dict:
     return {**base, **{name: typed(name, value) for name, value in overrides.items()}}
 
 
+def trial_parameters(base: dict, item: dict) -> tuple[dict, dict]:
+    """(the trial's overrides as pipeline parameters, base with them and the round's
+    epochs): what a trial trains with."""
+    overrides = expand(item["params"], base)
+    return overrides, {**apply(base, overrides), "epochs": int(item["epochs"]),
+                       "fine_tune_epochs": int(item["fine_tune_epochs"])}
+
+
 @dataclass(frozen=True)
 class Round:
     trials: int
