@@ -35,8 +35,9 @@ class Dimension:
         low, high = self.values
         value = (math.exp(rng.uniform(math.log(low), math.log(high)))
                  if self.kind == "log_uniform" else rng.uniform(low, high))
-        # Integers round; floats keep 4 significant digits, which reads well in a table.
-        return round(value) if self.type == "Integer" else float(f"{value:.4g}")
+        if self.type == "Integer":  # The nearest integer inside the range.
+            return min(math.floor(high), max(math.ceil(low), round(value)))
+        return float(f"{value:.4g}")  # 4 significant digits read well in a table.
 
 
 def tunable_types() -> dict[str, str]:

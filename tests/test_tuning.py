@@ -43,7 +43,7 @@ def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
 
 
 def test_integer_ranges_draw_integers_and_choices_take_the_parameter_type():
-    dimensions = tuning.parse_space({"batch_size": {"uniform": [8, 64]},
+    dimensions = tuning.parse_space({"batch_size": {"uniform": [7.5, 64]},
                                      "fine_tune_layers": {"choice": [10, "all"]}}, "f", TYPES)
     for config in tuning.sample(dimensions, 20, seed=0):
         assert isinstance(config["batch_size"], int) and 8 <= config["batch_size"] <= 64
