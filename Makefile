@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test weights images image-cpu image-gpu clean
+.PHONY: demo test golden weights images image-cpu image-gpu clean
 
 demo: $(INSTALLED) weights
 	$(BIN)/tlp run --local --demo
@@ -18,6 +18,11 @@ demo: $(INSTALLED) weights
 TEST_WORKERS ?= 4
 test: $(INSTALLED)
 	$(BIN)/pytest -q -n auto --maxprocesses $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# Rewrites the compiled pipelines tests/test_golden.py compares with (tests/golden/): after a
+# change to the pipeline that is meant; review `git diff tests/golden/` before committing.
+golden: $(INSTALLED)
+	TLP_UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/test_golden.py
 
 # Derives the offline ImageNet MobileNetV2 weights the demo uses (cached, checksummed).
 weights: $(INSTALLED)
@@ -50,7 +55,7 @@ image-gpu:
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,vertex]'
 	$(BIN)/python -m pip install -q --no-deps $$($(BIN)/python docker/requirements.py --without-deps pyproject.toml)
 	touch $@
 

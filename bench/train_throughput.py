@@ -4,7 +4,9 @@ defaults, configs.AUGMENT_*) versus none (the same model without it, also fed fr
 memory), for the train (frozen backbone) and fine_tune (top layers unfrozen) phases, side by
 side in one run, on each Keras backend asked for (TensorFlow and JAX by default; tf.data
 feeds both); on JAX also the same train step as one jax.jit over a batch already on the
-device (no fit loop, no copy to the device: what the model alone reaches). Targets: the
+device (no fit loop, no copy to the device: what the model alone reaches), and the real
+pipeline fed to fit as Keras feeds a tf.data dataset itself (the "Keras feed" column: the
+other columns are fed as train and fine_tune feed fit, components/device_feed.py). Targets: the
 real pipeline reaches at least 90% of the in-memory bound; the augmentation's share of a
 step (1 - rate with / rate without) stays small.
 
@@ -39,12 +41,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from components import accelerators, configs, fashion_mnist, model as model_lib  # noqa: E402
+from components.device_feed import DeviceFeed  # noqa: E402
 from components.errors import TlpError  # noqa: E402
 
 PHASES = ("train", "fine_tune")
 JIT_MODES = ("auto", "true")
-# The arms of each phase; device_resident on JAX only.
-ARMS = ("pipeline", "in_memory", "in_memory_no_augmentation", "device_resident")
+# The arms of each phase; pipeline_keras_feed and device_resident on JAX only.
+ARMS = ("pipeline", "pipeline_keras_feed", "in_memory", "in_memory_no_augmentation",
+        "device_resident")
 
 
 def installed(module: str) -> bool:
@@ -197,14 +201,19 @@ def measure(args: argparse.Namespace) -> dict:
             real = tfrecords.load_split(data, "train", args.batch_size, training=True, seed=0)
             steps = args.steps or len(real)
             batch = next(iter(real))
-            in_memory = tf.data.Dataset.from_tensors(batch).repeat(steps)
-            pipeline = ((real.repeat(), steps * args.batch_size, steps) if args.steps
-                        else (real, len(images), None))
+            # Fed as train and fine_tune feed fit (on JAX: batches copied to the device by
+            # a background thread); on JAX also as Keras feeds a tf.data dataset itself.
+            in_memory = DeviceFeed(tf.data.Dataset.from_tensors(batch).repeat(steps))
+            real_feed = ((real.repeat(), steps * args.batch_size, steps) if args.steps
+                         else (real, len(images), None))
+            pipeline = {"pipeline": (DeviceFeed(real_feed[0]), *real_feed[1:])}
+            if keras.backend.backend() == "jax":
+                pipeline["pipeline_keras_feed"] = real_feed
         else:
             steps = args.steps or -(-len(images) // args.batch_size)
             batch = memory_batch(images, labels, args.image_size, args.batch_size)
             in_memory = Repeated(batch, steps)
-            pipeline = None
+            pipeline = {}
         models = {"augmented": model_lib.build_model(10, "MobileNetV2", args.image_size, "none",
                                                      augmentation=model_lib.Augmentation()),
                   "no_augmentation": model_lib.build_model(
@@ -223,8 +232,8 @@ def measure(args: argparse.Namespace) -> dict:
             runs = {"in_memory": (models["augmented"], in_memory, steps * args.batch_size, None),
                     "in_memory_no_augmentation": (models["no_augmentation"], in_memory,
                                                   steps * args.batch_size, None)}
-            if pipeline:
-                runs = {"pipeline": (models["augmented"], *pipeline), **runs}
+            runs = {**{arm: (models["augmented"], *feed) for arm, feed in pipeline.items()},
+                    **runs}
             rates = best_rates(runs, args.repeats)
             rates["device_resident"] = device_resident_rate(models["augmented"], batch, steps,
                                                             args.repeats)
@@ -308,7 +317,8 @@ def report(args: argparse.Namespace, results: list[dict]) -> None:
                   + ("" if result["tensorflow"] else "; no TensorFlow: no real pipeline "
                      "(it needs tf.data), in-memory arms only"))
     measured = [result for result in results if "error" not in result]
-    print(f"{'phase':<10} {'backend':<11} {'pipeline':>9} {'in-memory':>10} {'ratio':>6} "
+    print(f"{'phase':<10} {'backend':<11} {'pipeline':>9} {'Keras feed':>11} {'in-memory':>10} "
+          f"{'ratio':>6} "
           f"{'no-augment':>11} {'augment share':>14} {'on-device':>10}  "
           "jit: augmented / none")
     for phase in PHASES:
@@ -319,11 +329,15 @@ def report(args: argparse.Namespace, results: list[dict]) -> None:
             jit = result["jit"][phase]
             ratio = "-" if pipeline is None else f"{pipeline / bound:.2f}"
             print(f"{phase:<10} {result['backend']:<11} {_rate(pipeline):>9} "
+                  f"{_rate(rates['pipeline_keras_feed']):>11} "
                   f"{_rate(bound):>10} {ratio:>6} {_rate(bare):>11} "
                   f"{1 - bound / bare:>14.2f} {_rate(rates['device_resident']):>10}  "
                   f"{_jit(jit['augmented'])} / "
                   f"{_jit(jit['no_augmentation'])}")
-    print("img/s; ratio: pipeline / in-memory; augment share: 1 - in-memory / no-augment; "
+    print("img/s; Keras feed: the real pipeline fed to fit as a plain tf.data dataset, Keras "
+          "reading and copying each batch between steps (JAX only; the pipeline and in-memory "
+          "columns are fed as train and fine_tune feed fit: components/device_feed.py); "
+          "ratio: pipeline / in-memory; augment share: 1 - in-memory / no-augment; "
           "on-device: the augmented train step as one jax.jit over a batch already on the "
           "device, no fit loop (JAX only); jit: whether Keras compiled the train step (what "
           "jit_compile=True would give)")

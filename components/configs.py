@@ -19,6 +19,19 @@ def image(name: str, registry: str = IMAGE_REGISTRY) -> str:
 CPU_IMAGE = image(CPU_IMAGE_NAME)
 GPU_IMAGE = image(GPU_IMAGE_NAME)
 
+# Where a compiled pipeline runs: kfp, a Kubeflow cluster (the open-source KFP backend), or
+# vertex, Vertex AI Pipelines (no Kubernetes settings; pipeline root and exports on gs://).
+TARGETS = ("kfp", "vertex")
+TARGET = "kfp"
+# Vertex AI's names of its GPUs (AcceleratorType in google-cloud-aiplatform, a test checks),
+# the accelerator type of the GPU steps on Vertex; on kfp it is the Kubernetes resource name.
+VERTEX_GPU_TYPES = ("NVIDIA_TESLA_T4", "NVIDIA_TESLA_P4", "NVIDIA_TESLA_P100",
+                    "NVIDIA_TESLA_V100", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB", "NVIDIA_L4",
+                    "NVIDIA_H100_80GB", "NVIDIA_H100_MEGA_80GB", "NVIDIA_H200_141GB",
+                    "NVIDIA_B200", "NVIDIA_GB200", "NVIDIA_RTX_PRO_6000")
+VERTEX_GPU_TYPE = "NVIDIA_L4"  # Fits train's 4 CPUs and 16 GiB: a g2-standard-4 machine.
+VERTEX_REGION = "us-central1"
+
 # Cluster defaults for compiled pipelines (tlp compile/submit flags override them).
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_COUNT = 1
@@ -37,6 +50,7 @@ STEP_RESOURCES = {
     "fine_tune": ("4", "16Gi"),
     "evaluate": ("2", "8Gi"),
     "export": ("1", "4Gi"),
+    "register": ("1", "1Gi"),
     # Tuning (tune_trials > 0): the trials train like train; sample and select are small.
     "tune_sample": ("1", "2Gi"),
     "tune_trial": ("4", "16Gi"),
@@ -179,11 +193,22 @@ BACKEND = "tensorflow"
 # still mostly hold the initial values and the model predicts one class in inference mode.
 FROM_SCRATCH_BATCH_NORM_MOMENTUM = 0.9
 STEPS_PER_EXECUTION = 1
+# On JAX, batches train and fine_tune copy to the device ahead of the step, from a background
+# thread (components/device_feed.py).
+DEVICE_FEED_DEPTH = 3
 MIN_TEST_ACCURACY = 0.5
 TOP_K = 3
 BASELINE_MODEL = ""  # Empty: no baseline to compare with.
 BASELINE_TOLERANCE = 0.01
 EXPORT_DESTINATION = ""  # Empty: the export step's artifact only.
+# Kubeflow Model Registry (components/model_registry.py): the server's URL (empty: no
+# register step) and the name versions are registered under (the InferenceService's too).
+MODEL_REGISTRY = ""
+REGISTERED_MODEL_NAME = "tlp-classifier"
+MODEL_FORMAT = "tensorflow"  # The registered artifact's format: KServe's TF Serving runtime.
+# Where the register step's token comes from when set (else the pod's service account's).
+MODEL_REGISTRY_TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # Tuning (components/tuning.py): compile-time options, like the preprocess parallelism,
 # because they shape the DAG (one ParallelFor of trials per round). 0 trials: no tuning,

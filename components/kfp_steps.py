@@ -312,9 +312,10 @@ def evaluate(dataset: Input[Dataset], model: Input[Model], initial_model: Input[
 @cpu_component
 def export(dataset: Input[Dataset], model: Input[Model], evaluation: Input[Artifact],
            train_history: Input[Artifact], fine_tune_history: Input[Artifact], backbone: str,
-           export_destination: str, exported_model: Output[Model]):
+           export_destination: str, exported_model: Output[Model]) -> str:
     """SavedModel (image bytes and image signatures), .keras model, labels, TFLite models
-    and a model card, all verified; a new numbered version under export_destination."""
+    and a model card, all verified; a new numbered version under export_destination. Returns
+    that version's URI ("" without a destination), for the register step."""
     import json
 
     from components import export as lib, training
@@ -325,3 +326,25 @@ def export(dataset: Input[Dataset], model: Input[Model], evaluation: Input[Artif
                           "fine_tune": training.load_history(fine_tune_history.path)},
                          export_destination)
     exported_model.metadata.update(summary)
+    return summary.get("published", "")
+
+
+@cpu_component
+def register(model_registry: str, registered_model_name: str, published: str,
+             exported_model: Input[Model], run_id: str, run_name: str,
+             registration: Output[Artifact]):
+    """Records the published version (export's URI) in the Kubeflow Model Registry at
+    model_registry, with the model card's test metrics, backbone and classes, and this run
+    as its source; a version already registered with that URI is left as it is."""
+    import json
+    from pathlib import Path
+
+    from components import configs, model_registry as lib
+
+    card = json.loads((Path(exported_model.path) / configs.MODEL_CARD_FILE).read_text())
+    result = lib.register(model_registry, registered_model_name, published, card,
+                          lib.Source(run_id, run_name, lib.current_namespace()))
+    Path(registration.path).write_text(json.dumps(result, indent=2))
+    registration.metadata.update(result)
+    print(f"register: {result['model_registry_uri']} -> {published} "
+          f"({'registered' if result['created'] else 'already registered'})", flush=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import keras
 
-from components import (accelerators, configs, features, model as model_lib, storage,
-                        tfrecords)
+from components import (accelerators, configs, device_feed, features, model as model_lib,
+                        storage, tfrecords)
 from components.errors import TlpError
 
 
@@ -364,10 +364,12 @@ def fit_datasets(model: keras.Model, train, validation, metadata: dict, options:
                                    isinstance(rate, float), tensorboard_dir)
         if remote:
             callbacks.append(MirrorState(local, remote, tensorboard_dir, snapshots))
-        model.fit(train, validation_data=validation, epochs=initial_epoch + options.epochs,
-                  initial_epoch=initial_epoch, verbose=2,
-                  shuffle=False,  # The dataset shuffles itself.
-                  class_weight=weights, callbacks=callbacks)
+        print(device_feed.describe(), flush=True)
+        # The dataset shuffles itself; DeviceFeed applies the class weights.
+        model.fit(device_feed.DeviceFeed(train, weights),
+                  validation_data=device_feed.DeviceFeed(validation),
+                  epochs=initial_epoch + options.epochs, initial_epoch=initial_epoch,
+                  verbose=2, shuffle=False, callbacks=callbacks)
         load_best_weights(model, local)
         history = read_csv_history(Path(local, HISTORY_CSV))
     # Finished: nothing left to resume.

@@ -3,8 +3,8 @@ clear message rather than deep inside a step."""
 from pathlib import Path
 
 from components import (accelerators, backbones, configs, hub_backbones, images,
-                        keras_backend, model as model_lib, preprocess, sources, storage,
-                        training)
+                        keras_backend, model as model_lib, model_registry, preprocess,
+                        sources, storage, training)
 from components.errors import TlpError
 
 
@@ -90,6 +90,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
         raise TlpError(f"baseline_tolerance={params['baseline_tolerance']} must be >= 0.")
     for name in ("weights", "baseline_model", "export_destination"):
         _check_scheme(name, params[name])
+    model_registry.validate(params["model_registry"], params["registered_model_name"],
+                            params["export_destination"])
     if params["resize_mode"] not in images.RESIZE_MODES:
         raise TlpError(f"resize_mode={params['resize_mode']!r}; choose one of "
                        f"{', '.join(images.RESIZE_MODES)}.")

@@ -217,10 +217,11 @@ def cluster_options(args: argparse.Namespace):
         raise TlpError(f"--cpu-request/--memory-request for unknown step(s) "
                        f"{', '.join({**cpu, **memory})}; steps: "
                        f"{', '.join(configs.STEP_RESOURCES)}.")
-    tolerations = configs.GPU_TOLERATIONS if args.gpu_toleration is None else tuple(
+    tolerations = None if args.gpu_toleration is None else tuple(
         t for t in args.gpu_toleration if t != "none")
     return ClusterOptions(
-        gpu_count=args.gpu_count, gpu_resource=args.gpu_resource,
+        target=args.target, gpu_count=args.gpu_count, gpu_resource=args.gpu_resource,
+        gpu_type=args.gpu_type,
         gpu_node_selector=_key_values(args.gpu_node_selector, "--gpu-node-selector")
         or dict(configs.GPU_NODE_SELECTOR),
         gpu_tolerations=tolerations, resources=resources, retries=args.retries,
@@ -234,29 +235,45 @@ def cluster_options(args: argparse.Namespace):
 def cmd_compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
+    from pipelines import vertex
     from pipelines.pipeline import create_pipeline
 
     validate_parameters = _validator()
     inputs = _pipeline_inputs()
     overrides = _explicit_arguments(args, inputs)
-    arguments = validate_parameters(
-        {**{name: spec.default for name, spec in inputs.items()}, **overrides}, local=False,
-        require_data_dir=False)
+    arguments = validate_parameters({**{name: spec.default for name, spec in inputs.items()},
+                                     **overrides}, local=False, require_data_dir=False)
+    cluster = cluster_options(args)
+    if cluster.vertex:
+        vertex.check_arguments(arguments)
     tuning = tune_options(args, arguments, local=False)
     # The values set by flags or config become the compiled pipeline's defaults.
-    compiler.Compiler().compile(create_pipeline(cluster_options(args), tuning=tuning),
+    compiler.Compiler().compile(create_pipeline(cluster, tuning=tuning),
                                 str(args.output), pipeline_parameters=overrides or None)
     print(f"wrote {args.output}")
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipelines import runner
+    from pipelines import runner, vertex
 
+    cluster = cluster_options(args)
+    if cluster.vertex and (args.host or args.namespace or not args.project):
+        raise TlpError("--target vertex runs in a Google Cloud project: give --project (and "
+                       "--region), not --host or --namespace.")
+    if not cluster.vertex and not args.host:
+        raise TlpError("--host is required: the KFP API endpoint, e.g. http://localhost:8080 "
+                       "(or --target vertex).")
     arguments = pipeline_arguments(args, local=False)
-    _, state = runner.submit(arguments, args.host, cluster_options(args), args.experiment,
-                             args.run_name, args.namespace, args.pipeline_root, args.wait,
-                             args.timeout, tune_options(args, arguments, local=False))
+    tuning = tune_options(args, arguments, local=False)
+    if cluster.vertex:
+        _, state = vertex.submit(arguments, cluster, vertex.VertexProject(
+            args.project, args.region, args.service_account, args.api_endpoint),
+            args.pipeline_root, args.run_name, args.wait, args.timeout, tuning)
+    else:
+        _, state = runner.submit(arguments, args.host, cluster, args.experiment,
+                                 args.run_name, args.namespace, args.pipeline_root, args.wait,
+                                 args.timeout, tuning)
     if state is not None:
         print(f"final state: {state}")
         return 0 if state == "SUCCEEDED" else 1
@@ -341,22 +358,30 @@ def cmd_demo_weights(args: argparse.Namespace) -> int:
 
 def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster settings (defaults in components/configs.py)")
+    group.add_argument("--target", choices=configs.TARGETS, default=configs.TARGET,
+                       help="where the pipeline runs: kfp, a Kubeflow cluster; vertex, Vertex "
+                            "AI Pipelines (no Kubernetes settings, gs:// pipeline root and "
+                            "export destination) [%(default)s]")
     group.add_argument("--gpu-count", type=int, default=configs.GPU_COUNT,
                        help="GPUs requested by train and fine_tune (0: none, and the CPU "
                             "image) [%(default)s]")
-    group.add_argument("--gpu-resource", default=configs.GPU_RESOURCE,
-                       help="Kubernetes resource name of the GPU [%(default)s]")
+    group.add_argument("--gpu-resource",
+                       help=f"kfp: Kubernetes resource name of the GPU [{configs.GPU_RESOURCE}]")
+    group.add_argument("--gpu-type",
+                       help="vertex: Vertex AI accelerator of the GPU steps, one of "
+                            f"{', '.join(configs.VERTEX_GPU_TYPES)} "
+                            f"[{configs.VERTEX_GPU_TYPE}]")
     group.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE",
                        help="node label the GPU steps must run on; repeatable [none]")
     group.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
                        help="taint the GPU steps tolerate; repeatable; `none` for none "
                             f"[{', '.join(configs.GPU_TOLERATIONS)}]")
     group.add_argument("--cpu-request", action="append", metavar="STEP=CPU",
-                       help="CPU request of a step, e.g. train=8; repeatable "
-                            f"[{_resource_defaults(0)}]")
+                       help="CPU of a step (kfp: request, vertex: limit), e.g. train=8; "
+                            f"repeatable [{_resource_defaults(0)}]")
     group.add_argument("--memory-request", action="append", metavar="STEP=MEMORY",
-                       help="memory request of a step, e.g. train=32Gi; repeatable "
-                            f"[{_resource_defaults(1)}]")
+                       help="memory of a step (kfp: request, vertex: limit), e.g. "
+                            f"train=32Gi; repeatable [{_resource_defaults(1)}]")
     group.add_argument("--retries", type=int, default=configs.RETRIES,
                        help="retries of a failed train or fine_tune, with back-off "
                             "[%(default)s]")
@@ -371,8 +396,8 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-registry", default=configs.IMAGE_REGISTRY,
                        help="registry the tlp-cpu/tlp-gpu images are pulled from "
                             "[%(default)s]")
-    group.add_argument("--image-pull-policy", default=configs.IMAGE_PULL_POLICY,
-                       choices=("Always", "IfNotPresent", "Never"), help="[%(default)s]")
+    group.add_argument("--image-pull-policy", choices=("Always", "IfNotPresent", "Never"),
+                       help=f"kfp [{configs.IMAGE_PULL_POLICY}]")
     group.add_argument("--image-pull-secret", action="append", metavar="NAME",
                        help="Secret with the registry's credentials; repeatable [none]")
     group.add_argument("--s3-endpoint", default="", metavar="URL",
@@ -440,13 +465,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parameter_flags(comp)
     comp.set_defaults(func=cmd_compile)
 
-    sub = commands.add_parser("submit", help="compile and start a run on a Kubeflow cluster")
-    sub.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
-    sub.add_argument("--experiment", default="Default", help="experiment name [%(default)s]")
+    sub = commands.add_parser("submit", help="compile and start a run on a Kubeflow cluster "
+                                             "or on Vertex AI Pipelines (--target vertex)")
+    sub.add_argument("--host", help="kfp: KFP API endpoint, e.g. http://localhost:8080 "
+                                    "[required]")
+    sub.add_argument("--experiment", default="Default", help="kfp: experiment name [%(default)s]")
     sub.add_argument("--run-name", help="run name [pipeline name and time]")
-    sub.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+    sub.add_argument("--namespace", help="kfp: Kubeflow profile namespace (multi-user installs)")
     sub.add_argument("--pipeline-root", help="artifact root, e.g. gs://bucket/root "
-                                             "[the namespace's kfp-launcher default]")
+                                             "[kfp: the namespace's kfp-launcher default; "
+                                             "vertex: required, gs://]")
+    sub.add_argument("--project", help="vertex: Google Cloud project [required]")
+    sub.add_argument("--region", default=configs.VERTEX_REGION,
+                     help="vertex: region of the run [%(default)s]")
+    sub.add_argument("--service-account", help="vertex: service account the steps run as "
+                                               "[the project's Compute Engine default]")
+    sub.add_argument("--api-endpoint", help="vertex: Vertex AI API endpoint "
+                                            "[REGION-aiplatform.googleapis.com]")
     sub.add_argument("--wait", action="store_true",
                      help="follow the run; exit 1 unless it succeeds")
     sub.add_argument("--timeout", type=int, default=24 * 3600,

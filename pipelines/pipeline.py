@@ -1,5 +1,6 @@
-"""The pipeline: preprocess -> train -> fine_tune -> evaluate -> export (if accurate enough);
-with tuning, rounds of trials between preprocess and train."""
+"""The pipeline: preprocess -> train -> fine_tune -> evaluate -> export (if accurate enough)
+-> register (if a model registry is given); with tuning, rounds of trials between preprocess
+and train."""
 import json
 import re
 from dataclasses import dataclass, field
@@ -30,32 +31,49 @@ def parse_toleration(text: str) -> dict:
                 effect=effect)
 
 
+# Settings of the kfp target only, by their tlp flags: Vertex AI Pipelines ignores
+# kfp-kubernetes settings (and a volume mount breaks job creation, kubeflow/pipelines#11241).
+CLUSTER_ONLY = {"gpu_resource": "--gpu-resource (on Vertex: --gpu-type)",
+                "gpu_node_selector": "--gpu-node-selector",
+                "gpu_tolerations": "--gpu-toleration",
+                "image_pull_policy": "--image-pull-policy",
+                "image_pull_secrets": "--image-pull-secret",
+                "s3_endpoint": "--s3-endpoint", "s3_secret": "--s3-secret"}
+
+
 @dataclass(frozen=True)
 class ClusterOptions:
-    """How the compiled pipeline runs on a Kubeflow cluster (kfp.local ignores all of it).
+    """How the compiled pipeline runs on its target, a Kubeflow cluster (kfp) or Vertex AI
+    Pipelines (vertex); kfp.local ignores all of it.
 
-    gpu_count GPUs of gpu_resource go to train and fine_tune, which then run in the GPU image,
-    on nodes with the gpu_node_selector labels, tolerating gpu_tolerations (KEY[=VALUE][:EFFECT]);
-    with gpu_count 0 they run in the CPU image anywhere. With GPUs, train and fine_tune also
-    get configs.REQUIRE_GPU_ENV (the GPU count): they fail if their backend finds no GPU. resources: step -> (CPU, memory)
-    requests. retries: attempts after a failure of train or fine_tune. Only preprocess is ever
-    cached (cache_preprocess); the other steps always run. Images come from image_registry.
-    preprocess_parallelism: 1 runs preprocess as one step; N > 1 fans it out over N pods
-    (see add_preprocess), each with preprocess's resources. s3_endpoint and s3_secret give
-    every step what components/storage.py needs for s3:// and minio:// URIs (training state
-    under the pipeline root included): the store's URL as AWS_ENDPOINT_URL_S3, and the keys
-    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY of that Secret as variables of the same names.
+    gpu_count GPUs go to train and fine_tune, which then run in the GPU image: on kfp of
+    gpu_resource, on nodes with the gpu_node_selector labels, tolerating gpu_tolerations
+    (KEY[=VALUE][:EFFECT]); on vertex of the Vertex accelerator gpu_type. With gpu_count 0 they
+    run in the CPU image anywhere. With GPUs, train and fine_tune also get
+    configs.REQUIRE_GPU_ENV (the GPU count): they fail if their backend finds no GPU.
+    resources: step -> (CPU, memory): requests on kfp; limits on vertex, which picks each
+    step's machine by them. retries: attempts after a failure of train or fine_tune. Only
+    preprocess is ever cached (cache_preprocess); the other steps always run. Images come
+    from image_registry. preprocess_parallelism: 1 runs preprocess as one step; N > 1 fans it
+    out over N pods (see add_preprocess), each with preprocess's resources. s3_endpoint and
+    s3_secret give every step what components/storage.py needs for s3:// and minio:// URIs
+    (training state under the pipeline root included): the store's URL as
+    AWS_ENDPOINT_URL_S3, and the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY of that
+    Secret as variables of the same names. None, "" or empty: the target's default (for
+    vertex, none of the CLUSTER_ONLY settings may be given).
     """
+    target: str = configs.TARGET
     gpu_count: int = configs.GPU_COUNT
-    gpu_resource: str = configs.GPU_RESOURCE
+    gpu_resource: str | None = None  # kfp: configs.GPU_RESOURCE.
+    gpu_type: str | None = None  # vertex: configs.VERTEX_GPU_TYPE.
     gpu_node_selector: dict[str, str] = field(
         default_factory=lambda: dict(configs.GPU_NODE_SELECTOR))
-    gpu_tolerations: tuple[str, ...] = configs.GPU_TOLERATIONS
+    gpu_tolerations: tuple[str, ...] | None = None  # kfp: configs.GPU_TOLERATIONS.
     resources: dict[str, tuple[str, str]] = field(
         default_factory=lambda: dict(configs.STEP_RESOURCES))
     retries: int = configs.RETRIES
     cache_preprocess: bool = True
-    image_pull_policy: str = configs.IMAGE_PULL_POLICY
+    image_pull_policy: str | None = None  # kfp: configs.IMAGE_PULL_POLICY.
     image_pull_secrets: tuple[str, ...] = ()
     image_registry: str = configs.IMAGE_REGISTRY
     preprocess_parallelism: int = configs.PREPROCESS_PARALLELISM
@@ -63,7 +81,15 @@ class ClusterOptions:
     s3_secret: str = ""
 
     def __post_init__(self):
-        for text in self.gpu_tolerations:
+        if self.target not in configs.TARGETS:
+            raise TlpError(f"target {self.target!r}: choose {' or '.join(configs.TARGETS)}.")
+        if self.vertex:
+            self._check_vertex()
+        elif self.gpu_type:
+            raise TlpError(f"gpu type {self.gpu_type!r} is a Vertex AI accelerator name, for "
+                           "--target vertex; on a Kubeflow cluster name the GPU's Kubernetes "
+                           f"resource (--gpu-resource, default {configs.GPU_RESOURCE}).")
+        for text in self.tolerations:
             parse_toleration(text)
         if self.gpu_count < 0 or self.retries < 0:
             raise TlpError("gpu count and retries must be 0 or more.")
@@ -73,8 +99,8 @@ class ClusterOptions:
         if self.s3_endpoint and not re.fullmatch(r"https?://[^/\s]+/?", self.s3_endpoint):
             raise TlpError(f"S3 endpoint {self.s3_endpoint!r}: write the store's URL, e.g. "
                            "http://minio-service.kubeflow:9000.")
-        if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
-            raise TlpError(f"image pull policy {self.image_pull_policy!r}: choose Always, "
+        if self.pull_policy not in ("Always", "IfNotPresent", "Never"):
+            raise TlpError(f"image pull policy {self.pull_policy!r}: choose Always, "
                            "IfNotPresent or Never.")
         for step, (cpu, memory) in self.resources.items():
             if step not in configs.STEP_RESOURCES:
@@ -84,21 +110,49 @@ class ClusterOptions:
                 raise TlpError(f"{step}: CPU {cpu!r} / memory {memory!r} are not Kubernetes "
                                "quantities (e.g. CPU 4 or 500m, memory 16Gi).")
 
+    def _check_vertex(self) -> None:
+        given = [flag for name, flag in CLUSTER_ONLY.items() if getattr(self, name)]
+        if given:
+            raise TlpError(f"{', '.join(given)}: Kubeflow cluster settings, which Vertex AI "
+                           "Pipelines ignores; leave them out with --target vertex.")
+        if self.accelerator not in configs.VERTEX_GPU_TYPES:
+            raise TlpError(f"gpu type {self.accelerator!r} is not a Vertex AI GPU; choose "
+                           f"one of {', '.join(configs.VERTEX_GPU_TYPES)}.")
+
+    @property
+    def vertex(self) -> bool:
+        return self.target == "vertex"
+
+    @property
+    def accelerator(self) -> str:
+        """The GPU steps' accelerator type: Vertex's name of the GPU on vertex, the
+        Kubernetes resource name on kfp."""
+        if self.vertex:
+            return self.gpu_type or configs.VERTEX_GPU_TYPE
+        return self.gpu_resource or configs.GPU_RESOURCE
+
+    @property
+    def tolerations(self) -> tuple[str, ...]:
+        if self.vertex:
+            return ()
+        return configs.GPU_TOLERATIONS if self.gpu_tolerations is None else self.gpu_tolerations
+
+    @property
+    def pull_policy(self) -> str:
+        return self.image_pull_policy or configs.IMAGE_PULL_POLICY
+
     def configure(self, task: dsl.PipelineTask, step: str) -> None:
         """Applies these options to the task of the given step."""
         gpu = step in GPU_STEPS and self.gpu_count > 0
         name = configs.GPU_IMAGE_NAME if gpu else configs.CPU_IMAGE_NAME
         task.set_container_image(configs.image(name, self.image_registry))
-        kubernetes.set_image_pull_policy(task, self.image_pull_policy)
-        if self.image_pull_secrets:
-            kubernetes.set_image_pull_secrets(task, list(self.image_pull_secrets))
         if self.s3_endpoint:
             task.set_env_variable("AWS_ENDPOINT_URL_S3", self.s3_endpoint)
-        if self.s3_secret:
-            kubernetes.use_secret_as_env(task, self.s3_secret, {
-                key: key for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
         cpu, memory = self.resources.get(step, configs.STEP_RESOURCES[step])
-        task.set_cpu_request(cpu).set_memory_request(memory)
+        if self.vertex:  # Vertex sizes each step's machine by its limits.
+            task.set_cpu_limit(cpu).set_memory_limit(memory)
+        else:
+            task.set_cpu_request(cpu).set_memory_request(memory)
         # A cache hit is keyed on the parameters only: right for the preprocessed data of one
         # data_dir, wrong for training (re-running it is the point) and for export.
         task.set_caching_options(step == "preprocess" and self.cache_preprocess)
@@ -107,12 +161,24 @@ class ClusterOptions:
                            backoff_factor=configs.RETRY_BACKOFF_FACTOR,
                            backoff_max_duration=configs.RETRY_BACKOFF_MAX)
         if gpu:
-            task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(self.gpu_count)
+            task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpu_count)
             # The step fails rather than train on the CPU if its backend finds no GPU.
             task.set_env_variable(configs.REQUIRE_GPU_ENV, str(self.gpu_count))
+        if not self.vertex:
+            self._configure_kubernetes(task, gpu)
+
+    def _configure_kubernetes(self, task: dsl.PipelineTask, gpu: bool) -> None:
+        """The kfp-kubernetes settings: the compiled pipeline's platform spec."""
+        kubernetes.set_image_pull_policy(task, self.pull_policy)
+        if self.image_pull_secrets:
+            kubernetes.set_image_pull_secrets(task, list(self.image_pull_secrets))
+        if self.s3_secret:
+            kubernetes.use_secret_as_env(task, self.s3_secret, {
+                key: key for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+        if gpu:
             for key, value in self.gpu_node_selector.items():
                 kubernetes.add_node_selector(task, key, value)
-            for text in self.gpu_tolerations:
+            for text in self.tolerations:
                 kubernetes.add_toleration(task, **parse_toleration(text))
 
 
@@ -257,6 +323,8 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
         baseline_model: str = configs.BASELINE_MODEL,
         baseline_tolerance: float = configs.BASELINE_TOLERANCE,
         export_destination: str = configs.EXPORT_DESTINATION,
+        model_registry: str = configs.MODEL_REGISTRY,
+        registered_model_name: str = configs.REGISTERED_MODEL_NAME,
     ):
         """Transfer-learning image classifier.
 
@@ -347,6 +415,12 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             baseline_tolerance: Largest test accuracy drop below the baseline still exported.
             export_destination: Folder (local, gs:// or s3://) for a new numbered model
                 version (empty: none).
+            model_registry: URL of the Kubeflow Model Registry to record each published
+                version in, e.g. http://model-registry-service.kubeflow:8080 (empty: none;
+                needs a gs:// or s3:// export_destination). Its token comes from the step's
+                environment or service account, never from a parameter.
+            registered_model_name: Name of the model in the registry; its versions are
+                named like the published versions (1, 2, ...).
         """
         params = dict(locals())  # The pipeline's parameters, for the tuning tasks.
         fit_args = dict(batch_size=batch_size, optimizer=optimizer, lr_schedule=lr_schedule,
@@ -403,9 +477,17 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
                 train_history=train.outputs["history"],
                 fine_tune_history=tune.outputs["history"], backbone=backbone,
                 export_destination=export_destination)
+            with dsl.If(model_registry != "", name="model-registry-set"):
+                register = kfp_steps.register(
+                    model_registry=model_registry,
+                    registered_model_name=registered_model_name,
+                    published=export.outputs["Output"],
+                    exported_model=export.outputs["exported_model"],
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         for step, task in (*(("preprocess", task) for task in prep_tasks), *tune_tasks,
                            ("train", train), ("fine_tune", tune), ("evaluate", evaluation),
-                           ("export", export)):
+                           ("export", export), ("register", register)):
             if cluster:
                 cluster.configure(task, step)
             elif image:

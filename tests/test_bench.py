@@ -49,7 +49,8 @@ def test_tiny_measurement_on_cpu(monkeypatch, capsys, tensorflow):
         rates = result["rates"][phase]
         assert (rates["pipeline"] is not None) == tensorflow
         assert rates["in_memory"] > 0 and rates["in_memory_no_augmentation"] > 0
-        assert rates["device_resident"] is None  # JAX only: the next test.
+        # JAX only: the next test.
+        assert rates["device_resident"] is None and rates["pipeline_keras_feed"] is None
         jit = result["jit"][phase]
         # TensorFlow on CPU: Keras turns XLA off for "auto"; without augmentation layers
         # jit_compile=True would compile.
@@ -62,7 +63,8 @@ def test_tiny_measurement_on_cpu(monkeypatch, capsys, tensorflow):
 
 def test_jax_times_the_step_on_device_too():
     """On JAX (its own process, as bench.gpu runs it) the augmented train step also runs as
-    one jax.jit over a batch already on the device, for each phase."""
+    one jax.jit over a batch already on the device, and the real pipeline is also fed as
+    Keras feeds a tf.data dataset, for each phase."""
     args = train_throughput.parser(**gpu.SETTINGS).parse_args(
         ["--image-size", "32", "--images-per-class", "2", "--batch-size", "4", "--steps", "1",
          "--repeats", "1", "--backend", "jax"])
@@ -70,6 +72,8 @@ def test_jax_times_the_step_on_device_too():
     assert result["backend"] == "jax", result
     for phase in train_throughput.PHASES:
         assert result["rates"][phase]["device_resident"] > 0
+        assert result["rates"][phase]["pipeline_keras_feed"] > 0
+        assert result["rates"][phase]["pipeline"] > 0
         assert result["jit"][phase]["augmented"]["after_fit"] is True
 
 

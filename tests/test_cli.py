@@ -76,6 +76,8 @@ def test_help_lists_every_parameter_with_its_default(capsys):
     (["--backend", "torch"], "backend='torch'; choose one of tensorflow, jax"),
     (["--baseline-model", "/no/such.keras"], "baseline_model /no/such.keras does not exist"),
     (["--export-destination", "minio://b/m"], "export_destination=minio://b/m: use a local"),
+    (["--model-registry", "http://mr:8080", "--export-destination", "/tmp/models"],
+     "model_registry is set, so export_destination='/tmp/models' must be a bucket"),
     (["--resize-mode", "squash"], "resize_mode='squash'; choose one of stretch, pad, crop"),
     (["--image-format", "png"], "image_format='png'; choose one of jpeg, raw"),
     (["--max-rejected-fraction", "1.5"], "max_rejected_fraction=1.5 must be in [0, 1]"),

@@ -18,7 +18,7 @@ from pipelines.pipeline import ClusterOptions, create_pipeline
 # Step -> its executor in the compiled spec; train and fine_tune are the GPU steps.
 EXECUTORS = {"preprocess": "exec-preprocess", "train": "exec-train",
              "fine_tune": "exec-fine-tune", "evaluate": "exec-evaluate",
-             "export": "exec-export"}
+             "export": "exec-export", "register": "exec-register"}
 GPU = ("train", "fine_tune")
 
 
@@ -28,8 +28,9 @@ def parse(path):
     docs = list(yaml.safe_load_all(path.read_text()))
     spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
     tasks = dict(spec.root.dag.tasks)
-    for name in [n for n in tasks if n.startswith("condition")]:
-        tasks.update(spec.components[tasks.pop(name).component_ref.name].dag.tasks)
+    while conditions := [n for n in tasks if n.startswith("condition")]:
+        for name in conditions:
+            tasks.update(spec.components[tasks.pop(name).component_ref.name].dag.tasks)
     tasks = {step: tasks[executor.removeprefix("exec-")] for step, executor in EXECUTORS.items()}
     kubernetes = {}
     if len(docs) > 1:
@@ -292,3 +293,17 @@ def test_tune_trials_0_compiles_to_the_pipeline_without_tuning(tmp_path):
                                                 tuning=TuneOptions(trials=0)), str(off))
     assert off.read_text() == plain.read_text()
     assert "tune-sample" not in plain.read_text() and "for-loop" not in plain.read_text()
+
+
+def test_tuning_compiles_for_vertex_too(tmp_path):
+    """On Vertex AI Pipelines the trials get the Vertex accelerator and machine limits."""
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), "--target", "vertex", "--tune-trials", "4",
+                     "--gpu-count", "1"]) == 0
+    spec = json_format.ParseDict(next(yaml.safe_load_all(out.read_text())),
+                                 pipeline_spec_pb2.PipelineSpec())
+    container = spec.deployment_spec["executors"]["exec-tune-trial"]["container"]
+    assert container["resources"]["accelerator"]["resourceType"] == configs.VERTEX_GPU_TYPE
+    assert (container["resources"]["resourceCpuLimit"],
+            container["resources"]["resourceMemoryLimit"]) \
+        == configs.STEP_RESOURCES["tune_trial"]

@@ -186,3 +186,22 @@ def test_a_strict_validator_catches_a_misspelt_field():
     model["modelFormat"] = {"version": "2"}  # Its name is required.
     with pytest.raises(jsonschema.ValidationError):
         validate(service)
+
+
+def test_the_readme_serves_a_registered_version_by_model_registry_uri():
+    """The README's ServingRuntime and InferenceService for a version the register step
+    recorded: the InferenceService valid for KServe's CRD schema, asking for the runtime,
+    which serves the format the step registers."""
+    readme = (configs.REPO_ROOT / "README.md").read_text()
+    [block] = [b for b in readme.split("```yaml\n")[1:] if "model-registry://" in b.split("```")[0]]
+    runtime, service = yaml.safe_load_all(block.split("```")[0])
+    validate(service)
+    model = service["spec"]["predictor"]["model"]
+    assert model["storageUri"].startswith("model-registry://")
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert runtime["kind"] == "ServingRuntime"
+    assert runtime["spec"]["supportedModelFormats"] == [model["modelFormat"]] \
+        == [{"name": configs.MODEL_FORMAT, "version": "2"}]
+    [container] = runtime["spec"]["containers"]
+    assert container["name"] == "kserve-container"
+    assert "--model_base_path=/tmp/models" in container["args"][0]

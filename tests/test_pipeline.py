@@ -12,7 +12,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from components import backbones  # noqa: F401  Registers the layer saved models use.
 from pipelines.pipeline import add_preprocess, create_pipeline
 
-STEPS = ["preprocess", "train", "fine-tune", "evaluate", "export"]
+STEPS = ["preprocess", "train", "fine-tune", "evaluate", "export", "register"]
 
 
 def compile_spec(tmp_path, cluster=None) -> tuple[pipeline_spec_pb2.PipelineSpec,
@@ -28,15 +28,16 @@ def compile_spec(tmp_path, cluster=None) -> tuple[pipeline_spec_pb2.PipelineSpec
 
 
 def ordered_tasks(spec: pipeline_spec_pb2.PipelineSpec) -> list[str]:
-    """Tasks in dependency order, the condition's tasks in place of the condition."""
+    """Tasks in dependency order, the conditions' tasks (nested ones too) in place of the
+    condition."""
     tasks = dict(spec.root.dag.tasks)
-    for name, task in list(tasks.items()):
-        if name.startswith("condition"):
+    while conditions := [name for name in tasks if name.startswith("condition")]:
+        for name in conditions:
+            task = tasks.pop(name)
             inner = spec.components[task.component_ref.name].dag.tasks
             tasks.update({n: t for n, t in inner.items()})
             for t in inner.values():
                 t.dependent_tasks.extend(task.dependent_tasks)
-            del tasks[name]
     order = []
     while len(order) < len(tasks):
         ready = sorted(n for n, t in tasks.items()
@@ -46,12 +47,19 @@ def ordered_tasks(spec: pipeline_spec_pb2.PipelineSpec) -> list[str]:
     return order
 
 
-def test_five_tasks_in_order_with_export_behind_the_gate(tmp_path):
+def test_six_tasks_in_order_with_export_behind_the_gate(tmp_path):
     spec, _ = compile_spec(tmp_path)
     assert ordered_tasks(spec) == STEPS
     [condition] = [t for n, t in spec.root.dag.tasks.items() if n.startswith("condition")]
     assert "evaluate-Output" in condition.trigger_policy.condition
     assert "evaluate" in condition.dependent_tasks
+    # register: behind the gate, and only with a model registry; it gets export's URI.
+    approved = spec.components[condition.component_ref.name].dag.tasks
+    [registry] = [t for n, t in approved.items() if n.startswith("condition")]
+    assert "model_registry" in registry.trigger_policy.condition
+    register = spec.components[registry.component_ref.name].dag.tasks["register"]
+    assert register.inputs.parameters["published"].component_input_parameter \
+        == "pipelinechannel--export-Output"
     inputs = spec.root.input_definitions.parameters
     assert "data_dir" in inputs and not inputs["data_dir"].HasField("default_value")
     assert inputs["min_test_accuracy"].default_value.number_value == 0.5
