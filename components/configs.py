@@ -51,6 +51,10 @@ STEP_RESOURCES = {
     "evaluate": ("2", "8Gi"),
     "export": ("1", "4Gi"),
     "register": ("1", "1Gi"),
+    # Tuning (tune_trials > 0): the trials train like train; sample and select are small.
+    "tune_sample": ("1", "2Gi"),
+    "tune_trial": ("4", "16Gi"),
+    "tune_select": ("1", "2Gi"),
 }
 # Retries for the GPU steps, which preemptible/spot nodes can kill mid-run.
 RETRIES = 2
@@ -238,6 +242,37 @@ MODEL_FORMAT = "tensorflow"  # The registered artifact's format: KServe's TF Ser
 # Where the register step's token comes from when set (else the pod's service account's).
 MODEL_REGISTRY_TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+# Tuning (components/tuning.py): compile-time options, like the preprocess parallelism,
+# because they shape the DAG (one ParallelFor of trials per round). 0 trials: no tuning,
+# the pipeline exactly as without it.
+TUNE_TRIALS = 0
+TUNE_ROUNDS = 2
+TUNE_PARALLELISM = 2  # Trials at a time, per round; locally they share the machine's cores.
+# Successive halving: each round keeps this fraction of its trials (at least one) and gives
+# them 1/TUNE_KEEP times the epochs (8 trials, 2 rounds: 8, then the best 3).
+TUNE_KEEP = 1 / 3
+# Parameters a search space may not name: the trials share the preprocessed dataset (so
+# none of preprocess's), the tuner sets the epochs, and the rest is how, not what, to train.
+TUNE_FIXED = ("backbone", "weights", "epochs", "fine_tune_epochs", "backend",
+              "mixed_precision", "steps_per_execution", "cache_budget_mb", "seed",
+              "target_accuracy")
+# A searchable knob that is no pipeline parameter: it multiplies these augmentation
+# strengths (their configured values), which the best configuration then names one by one.
+TUNE_AUGMENT_SCALE = "augment_scale"
+TUNE_AUGMENT_SCALED = ("augment_rotation", "augment_zoom", "augment_translation",
+                       "augment_contrast", "augment_brightness")
+# The default search space (`--search-space FILE` replaces it), the same YAML form.
+TUNE_SEARCH_SPACE = {
+    "learning_rate": {"log_uniform": [1e-4, 1e-2]},
+    "fine_tune_layers": {"choice": ["10", "30", "60", "100"]},
+    "fine_tune_learning_rate": {"log_uniform": [1e-5, 1e-3]},
+    "dropout": {"uniform": [0.0, 0.5]},
+    TUNE_AUGMENT_SCALE: {"uniform": [0.0, 2.0]},
+}
+# What `tlp run --local` writes into the run's folder after tuning: the best configuration
+# as a config file (`tlp run --local --config FILE`).
+TUNED_CONFIG_FILE = "tuned-config.yaml"
 
 # The bundled demo data and the offline demo weights.
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 import base64
 import html
 import io
+import json
 from dataclasses import dataclass
 
 import keras
@@ -194,6 +195,53 @@ def plot_wrong_images(wrong: list[tuple[int, np.ndarray]], labels: np.ndarray,
     return _png_data_uri(figure)
 
 
+def plot_tuning(tuning: dict) -> str | None:
+    """Validation accuracy of every trial against learning_rate (else the first numeric
+    parameter searched), one colour per round; None when no numeric parameter was searched."""
+    rows = tuning["trials"]
+    numeric = [name for name in rows[0]["params"]
+               if all(isinstance(row["params"][name], (int, float)) for row in rows)]
+    if not numeric:
+        return None
+    x_name = "learning_rate" if "learning_rate" in numeric else numeric[0]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for round_index in sorted({row["round"] for row in rows}):
+        points = [(row["params"][x_name], row["val_accuracy"]) for row in rows
+                  if row["round"] == round_index]
+        axis.scatter(*zip(*points), label=f"round {round_index + 1}", s=40)
+    spec = tuning["space"].get(x_name, {})
+    if "log_uniform" in spec:
+        axis.set_xscale("log")
+    axis.set_xlabel(x_name)
+    axis.set_ylabel("val_accuracy")
+    axis.set_title("Tuning trials")
+    axis.legend()
+    return _png_data_uri(figure)
+
+
+def _tuning_section(tuning: dict | None) -> str:
+    """The report's tuning section: the plot and the table of every trial, best first."""
+    if not tuning or not tuning["trials"]:
+        return ""
+    rows = sorted(tuning["trials"], key=lambda r: (-r["round"], -r["val_accuracy"],
+                                                   r["val_loss"], r["trial"]))
+    names = list(rows[0]["params"])
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in
+                   ["trial", "round", "epochs", *names, "val_accuracy", "seconds"])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            row["trial"], row["round"] + 1, f"{row['epochs']}+{row['fine_tune_epochs']}",
+            *(row["params"].get(n, "") for n in names), f"{row['val_accuracy']:.4f}",
+            f"{row['seconds']:.0f}")) + "</tr>" for row in rows)
+    best = tuning["best"]
+    plot = plot_tuning(tuning)
+    image = f'<img alt="tuning trials" src="{plot}">' if plot else ""
+    return (f"<h2>Tuning ({len(rows)} trials)</h2>\n<p>Best: trial {best['trial']}, "
+            f"val_accuracy {best['val_accuracy']:.4f}: "
+            f"{html.escape(json.dumps(best['overrides']))}; the model above was trained "
+            f"with it.</p>\n{image}\n<table><tr>{head}</tr>{body}</table>")
+
+
 def _table_row(name: str, values: dict, support) -> str:
     cells = "".join(f"<td>{values[key]:.3f}</td>" for key in values if key != "support")
     return f"<tr><td>{html.escape(name)}</td>{cells}<td>{support}</td></tr>"
@@ -226,8 +274,10 @@ def _data_paragraph(summary: dict) -> str:
 
 
 def render_report(result: dict, predictions: Predictions, class_names: list[str],
-                  train_history: dict, fine_tune_history: dict) -> str:
-    """One HTML file, every image embedded as a data URI, so it opens anywhere."""
+                  train_history: dict, fine_tune_history: dict,
+                  tuning: dict | None = None) -> str:
+    """One HTML file, every image embedded as a data URI, so it opens anywhere; with tuning
+    (the trials table), a section on the trials."""
     rows = "".join(_table_row(name, m, m["support"]) for name, m in result["per_class"].items())
     for average in ("macro_avg", "weighted_avg"):
         rows += _table_row(average.replace("_", " "), result[average], result["num_examples"])
@@ -258,6 +308,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{
 <img alt="confusion matrix" src="{matrix}">
 <h2>Most confidently wrong test images</h2>
 {wrong}
+{_tuning_section(tuning)}
 </body></html>
 """
 

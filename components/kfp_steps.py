@@ -109,21 +109,25 @@ def train(dataset: Input[Dataset], backbone: str, weights: str, pooling: str,
           early_stopping_patience: int, reduce_lr_patience: int, target_accuracy: float,
           cache_budget_mb: int, seed: int, head_feature_views: int, train_nodes: int,
           run_id: str, task_name: str, model: Output[Model], history: Output[Artifact],
-          tensorboard: Output[Artifact], initial_model: Output[Model]):
+          tensorboard: Output[Artifact], initial_model: Output[Model], tuned: dict = {}):
     """Trains a new head on the frozen pretrained backbone (saved before training too, as
     initial_model, for evaluate's comparison); with head_feature_views > 0, on cached
     backbone features of that many augmented views of each train image. Resumes after the
-    last completed epoch when a retry finds the state of a killed attempt. With train_nodes
-    > 1, on that many nodes of a Kubeflow Trainer TrainJob named after run_id and task_name
-    (KFP's placeholders)."""
-    from components import keras_backend
+    last completed epoch when a retry finds the state of a killed attempt. tuned: the best
+    tuning trial's parameters, which replace those given (empty: no tuning). With
+    train_nodes > 1, on that many nodes of a Kubeflow Trainer TrainJob named after run_id
+    and task_name (KFP's placeholders)."""
+    from components import keras_backend, tuning
 
+    parameters = tuning.apply(locals(), tuned)
     keras_backend.select(backend)  # Before anything imports keras.
     from components import steps
 
-    result = steps.run("train", locals())
+    if tuned:
+        print(f"train: with the best trial's parameters: {tuned}", flush=True)
+    result = steps.run("train", parameters)
     model.metadata.update({"backbone": backbone, "epochs": result["epoch"][-1],
-                           "backend": backend, "train_nodes": train_nodes})
+                           "backend": backend, "tuned": tuned, "train_nodes": train_nodes})
 
 
 @gpu_component
@@ -135,17 +139,117 @@ def fine_tune(dataset: Input[Dataset], trained_model: Input[Model],
               backend: str, early_stopping_patience: int, reduce_lr_patience: int,
               target_accuracy: float, cache_budget_mb: int, seed: int, train_nodes: int,
               run_id: str, task_name: str, model: Output[Model], history: Output[Artifact],
-              tensorboard: Output[Artifact]):
+              tensorboard: Output[Artifact], tuned: dict = {}):
     """Unfreezes the top backbone layers and trains further with a low learning rate.
     Resumes after the last completed epoch when a retry finds the state of a killed attempt.
-    With train_nodes > 1, on that many nodes of a Kubeflow Trainer TrainJob."""
-    from components import keras_backend
+    tuned: the best tuning trial's parameters, which replace those given (empty: none). With
+    train_nodes > 1, on that many nodes of a Kubeflow Trainer TrainJob."""
+    from components import keras_backend, tuning
 
+    parameters = tuning.apply(locals(), tuned)
     keras_backend.select(backend)  # Before anything imports keras.
     from components import steps
 
-    steps.run("fine_tune", locals())
-    model.metadata.update({"backend": backend, "train_nodes": train_nodes})
+    if tuned:
+        print(f"fine_tune: with the best trial's parameters: {tuned}", flush=True)
+    steps.run("fine_tune", parameters)
+    model.metadata.update({"backend": backend, "tuned": tuned, "train_nodes": train_nodes})
+
+
+@cpu_component
+def tune_sample(dataset: Input[Dataset], search_space: str, searchable: dict, trials: int,
+                rounds: int, seed: int, epochs: int, fine_tune_epochs: int, batch_size: int,
+                table: Output[Artifact]) -> List[dict]:
+    """Tuning, first step: checks the search space (JSON) against the searchable parameters
+    (name: KFP type), prints the trial budget, draws the trials (seeded) and returns the
+    first round's ParallelFor items; table: the trials table, empty, with the space and the
+    round plan."""
+    import json
+    import math
+    from pathlib import Path
+
+    from components import configs, tuning
+
+    space = json.loads(search_space)
+    dimensions = tuning.parse_space(space, "(compiled into the pipeline)", searchable)
+    rounds_ = tuning.plan(trials, rounds, epochs, fine_tune_epochs)
+    metadata = json.loads(Path(dataset.path, configs.METADATA_FILE).read_text())
+    print(tuning.describe_budget(rounds_, math.ceil(metadata["num_examples"]["train"]
+                                                    / batch_size)), flush=True)
+    with open(table.path, "w") as f:
+        f.write(tuning.dumps(tuning.new_table(space, rounds_, seed)))
+    return tuning.items(tuning.sample(dimensions, trials, seed), 0, rounds_[0])
+
+
+@gpu_component
+def tune_trial(dataset: Input[Dataset], trial: dict, backbone: str, weights: str,
+               pooling: str, head_dense_units: str, head_batch_norm: bool, dropout: float,
+               weight_decay: float, augment_flip: str, augment_rotation: float,
+               augment_zoom: float, augment_translation: float, augment_shear: float,
+               augment_contrast: float, augment_brightness: float,
+               augment_color_jitter: float, augment_blur: float, augment_erasing: float,
+               augment_fill_mode: str, learning_rate: float, batch_size: int,
+               optimizer: str, lr_schedule: str, warmup_epochs: int, label_smoothing: float,
+               class_weighting: str, mixed_precision: str, steps_per_execution: int,
+               backend: str, early_stopping_patience: int, reduce_lr_patience: int,
+               target_accuracy: float, cache_budget_mb: int, seed: int,
+               head_feature_views: int, fine_tune_layers: str, domain_similarity: str,
+               fine_tune_learning_rate: float, result: Output[Artifact]):
+    """Tuning, one trial (a ParallelFor item: its parameters and epochs): train, then
+    fine_tune, briefly, as those steps do; result: its row of the trials table (validation
+    accuracy and loss of the model it ends with, seconds). Resumes like train on a retry."""
+    import json
+    import time
+
+    from components import keras_backend, tuning
+
+    started = time.monotonic()
+    base = dict(locals())
+    overrides, parameters = tuning.trial_parameters(base, trial)
+    keras_backend.select(backend)  # Before anything imports keras.
+    from components import training
+
+    print(f"tune: trial {int(trial['trial'])}, round {int(trial['round']) + 1}, "
+          f"{parameters['epochs']}+{parameters['fine_tune_epochs']} epochs: {overrides}",
+          flush=True)
+    histories = training.run_trial(parameters, dataset.path,
+                                   training.state_location(result.uri, result.path))
+    row = tuning.trial_row(trial, overrides, *tuning.score(*histories),
+                           time.monotonic() - started)
+    with open(result.path, "w") as f:
+        json.dump(row, f)
+    result.metadata.update({k: row[k] for k in ("trial", "round", "val_accuracy")})
+
+
+@cpu_component
+def tune_select(results: Input[List[Artifact]], table: Input[Artifact],
+                tuning: Output[Artifact], best_trial: Output[Metrics]) -> List[dict]:
+    """Tuning, after each round but the last: adds the round's trials to the table (tuning:
+    JSON) and returns the survivors, with the next round's epochs, as the next round's
+    ParallelFor items. best_trial: the best so far (KFP Metrics). (One output each, this and
+    tune_best: kfp.local 2.17.0 cannot loop over a named output.)"""
+    from components import tuning as lib
+
+    updated, survivors = lib.finish_round([r.path for r in results], table.path, tuning.path)
+    for name, value in lib.best_metrics(updated["best"]).items():
+        best_trial.log_metric(name, value)
+    return survivors
+
+
+@cpu_component
+def tune_best(results: Input[List[Artifact]], table: Input[Artifact],
+              tuning: Output[Artifact], best_trial: Output[Metrics]) -> dict:
+    """Tuning, after the last round: adds its trials to the table (tuning: JSON, the whole
+    table) and returns the best trial's parameters, for train and fine_tune. best_trial:
+    its validation accuracy and numeric parameters (KFP Metrics)."""
+    from components import tuning as lib
+
+    updated, _ = lib.finish_round([r.path for r in results], table.path, tuning.path)
+    for name, value in lib.best_metrics(updated["best"]).items():
+        best_trial.log_metric(name, value)
+    tuning.metadata.update({"trials": len(updated["trials"]),
+                            "best_val_accuracy": updated["best"]["val_accuracy"]})
+    return updated["best"]["overrides"]
 
 
 @cpu_component
@@ -154,12 +258,14 @@ def evaluate(dataset: Input[Dataset], model: Input[Model], initial_model: Input[
              batch_size: int, top_k: int,
              min_test_accuracy: float, baseline_model: str, baseline_tolerance: float,
              metrics: Output[Metrics], classification_metrics: Output[ClassificationMetrics],
-             report: Output[HTML], evaluation: Output[Artifact]) -> bool:
+             report: Output[HTML], evaluation: Output[Artifact],
+             tuning: Input[Artifact] = None) -> bool:
     """Test-split metrics, also of the initial model (before training) for comparison,
     confusion matrix (and ROC curve for 2 classes), an HTML report, and the export gate.
     Returns whether to export. (Decided here, returned as the single unnamed output:
     kfp.local 2.17.0's dsl.If cannot compare two channels, nor resolve a named output of a
-    task.) The decision's reason is in `evaluation` and the log."""
+    task.) The decision's reason is in `evaluation` and the log. tuning: the trials table,
+    when the pipeline tuned (a section of the report)."""
     import json
 
     from components import evaluation as lib, tfrecords, training
@@ -183,7 +289,8 @@ def evaluate(dataset: Input[Dataset], model: Input[Model], initial_model: Input[
     with open(report.path, "w") as f:
         f.write(lib.render_report(result, predictions, class_names,
                                   training.load_history(train_history.path),
-                                  training.load_history(fine_tune_history.path)))
+                                  training.load_history(fine_tune_history.path),
+                                  json.loads(open(tuning.path).read()) if tuning else None))
     with open(evaluation.path, "w") as f:
         json.dump(result, f, indent=2)
     evaluation.metadata.update({"export_approved": result["gate"]["approved"],

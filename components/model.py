@@ -33,6 +33,12 @@ class Augmentation:
     fill_mode: str = configs.AUGMENT_FILL_MODE
 
     @classmethod
+    def from_parameters(cls, parameters: dict) -> "Augmentation":
+        """From pipeline parameters, augment_<field> each."""
+        return cls(**{name: parameters[f"augment_{name}"]
+                      for name in cls.__dataclass_fields__})
+
+    @classmethod
     def none(cls) -> "Augmentation":
         """Every augmentation off."""
         return cls(flip="none", **{name: 0.0 for name in cls._STRENGTH_LIMITS})
@@ -85,6 +91,14 @@ class Head:
     batch_norm: bool = False
     dropout: float = 0.2
     weight_decay: float = 0.0  # L2 factor on the head's dense kernels.
+
+    @classmethod
+    def from_parameters(cls, parameters: dict) -> "Head":
+        """From pipeline parameters (pooling, head_dense_units, head_batch_norm, dropout,
+        weight_decay)."""
+        return cls(parameters["pooling"], cls.parse_units(parameters["head_dense_units"]),
+                   parameters["head_batch_norm"], parameters["dropout"],
+                   parameters["weight_decay"])
 
     @staticmethod
     def parse_units(text: str) -> tuple[int, ...]:

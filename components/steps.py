@@ -3,7 +3,7 @@ KFP step runs itself (one process), and what every node of its TrainJob runs
 (components/node_training.py). Call keras_backend.select first: this imports Keras."""
 import os
 
-from components import configs, model as model_lib, trainjob, training
+from components import configs, trainjob, training
 from components.errors import TlpError
 
 # The files each step reads (inputs) and writes (outputs), by their KFP artifact names;
@@ -16,33 +16,19 @@ KERAS_OUTPUTS = ("model", "initial_model")  # Keras picks the format by extensio
 
 
 def train(parameters: dict, files: dict[str, str], state: str) -> dict:
-    """The train step's training (training.train) from its KFP parameters; files: local paths
-    of INPUTS and OUTPUTS["train"]; state: where its resumable state lives. Returns the
-    history."""
-    p = parameters
-    head = model_lib.Head(p["pooling"], model_lib.Head.parse_units(p["head_dense_units"]),
-                          p["head_batch_norm"], p["dropout"], p["weight_decay"])
-    augmentation = model_lib.Augmentation(
-        flip=p["augment_flip"], rotation=p["augment_rotation"], zoom=p["augment_zoom"],
-        translation=p["augment_translation"], shear=p["augment_shear"],
-        contrast=p["augment_contrast"], brightness=p["augment_brightness"],
-        color_jitter=p["augment_color_jitter"], blur=p["augment_blur"],
-        erasing=p["augment_erasing"], fill_mode=p["augment_fill_mode"])
-    return training.train(files["dataset"], files["model"], files["history"], p["backbone"],
-                          p["weights"], head, augmentation, p["learning_rate"],
-                          training.FitOptions.from_parameters(p), state, files["tensorboard"],
-                          files["initial_model"], p["head_feature_views"])
+    """The train step's training from its KFP parameters; files: local paths of INPUTS and
+    OUTPUTS["train"]; state: where its resumable state lives. Returns the history."""
+    return training.train_from_parameters(parameters, files["dataset"], files["model"],
+                                          files["history"], state, files["tensorboard"],
+                                          files["initial_model"])
 
 
 def fine_tune(parameters: dict, files: dict[str, str], state: str) -> dict:
-    """The fine_tune step's training (training.fine_tune), as train above."""
-    p = parameters
-    return training.fine_tune(files["dataset"], files["trained_model"], files["train_history"],
-                              files["model"], files["history"], p["fine_tune_layers"],
-                              p["fine_tune_learning_rate"],
-                              training.FitOptions.from_parameters(
-                                  {**p, "epochs": p["fine_tune_epochs"]}),
-                              state, files["tensorboard"], p["domain_similarity"])
+    """The fine_tune step's training, as train above."""
+    return training.fine_tune_from_parameters(parameters, files["dataset"],
+                                              files["trained_model"], files["train_history"],
+                                              files["model"], files["history"], state,
+                                              files["tensorboard"])
 
 
 STEPS = {"train": train, "fine_tune": fine_tune}

@@ -507,3 +507,45 @@ def fine_tune(dataset_dir: str, model_in: str, history_in: str, model_path: str,
     model.save(model_path)
     save_history(history, history_path)
     return history
+
+
+def train_from_parameters(parameters: dict, dataset_dir: str, model_path: str,
+                          history_path: str, state_dir: str,
+                          tensorboard_dir: str | None = None,
+                          initial_model_path: str | None = None) -> dict:
+    """train() with its settings given as the train step's pipeline parameters (by name)."""
+    return train(dataset_dir, model_path, history_path, parameters["backbone"],
+                 parameters["weights"], model_lib.Head.from_parameters(parameters),
+                 model_lib.Augmentation.from_parameters(parameters),
+                 parameters["learning_rate"], FitOptions.from_parameters(parameters),
+                 state_dir, tensorboard_dir, initial_model_path,
+                 parameters["head_feature_views"])
+
+
+def fine_tune_from_parameters(parameters: dict, dataset_dir: str, model_in: str,
+                              history_in: str, model_path: str, history_path: str,
+                              state_dir: str, tensorboard_dir: str | None = None) -> dict:
+    """fine_tune() with its settings given as the fine_tune step's pipeline parameters."""
+    options = FitOptions.from_parameters({**parameters,
+                                          "epochs": parameters["fine_tune_epochs"]})
+    return fine_tune(dataset_dir, model_in, history_in, model_path, history_path,
+                     parameters["fine_tune_layers"], parameters["fine_tune_learning_rate"],
+                     options, state_dir, tensorboard_dir, parameters["domain_similarity"])
+
+
+def run_trial(parameters: dict, dataset_dir: str, state_dir: str) -> tuple[dict, dict]:
+    """One tuning trial: train then fine_tune, as the steps do, with these parameters (the
+    trial's epochs among them); the models stay in a temporary folder. Each phase keeps its
+    resumable state under state_dir, so a retried trial resumes like train does. Returns
+    the two histories."""
+    with tempfile.TemporaryDirectory(prefix="tlp-trial-") as work:
+        model, history = str(Path(work, "train.keras")), str(Path(work, "train.json"))
+        trained = train_from_parameters(parameters, dataset_dir, model, history,
+                                        storage.join(state_dir, "train"))
+        if not parameters["fine_tune_epochs"]:
+            return trained, {}
+        tuned = fine_tune_from_parameters(parameters, dataset_dir, model, history,
+                                          str(Path(work, "tuned.keras")),
+                                          str(Path(work, "tuned.json")),
+                                          storage.join(state_dir, "fine_tune"))
+    return trained, tuned

@@ -1,6 +1,5 @@
 """Checks pipeline parameters before any work starts, so mistakes fail in seconds with one
 clear message rather than deep inside a step."""
-import dataclasses
 from pathlib import Path
 
 from components import (accelerators, backbones, configs, hub_backbones, images,
@@ -93,11 +92,8 @@ def validate_parameters(params: dict, local: bool, require_data_dir: bool = True
                           ("shard_size_mb", 1), ("min_images_per_class", 1),
                           ("max_image_pixels", 1)):
         _at_least(params, name, minimum)
-    model_lib.Head(params["pooling"], model_lib.Head.parse_units(params["head_dense_units"]),
-                   params["head_batch_norm"], params["dropout"],
-                   params["weight_decay"]).validate()
-    model_lib.Augmentation(**{field.name: params[f"augment_{field.name}"]
-                              for field in dataclasses.fields(model_lib.Augmentation)}).validate()
+    model_lib.Head.from_parameters(params).validate()
+    model_lib.Augmentation.from_parameters(params).validate()
     if params["optimizer"] not in model_lib.OPTIMIZERS:
         raise TlpError(f"optimizer={params['optimizer']!r}; choose one of "
                        f"{', '.join(model_lib.OPTIMIZERS)}.")

@@ -115,18 +115,64 @@ def pipeline_arguments(args: argparse.Namespace, local: bool) -> dict:
     return validate_parameters(arguments, local=local)
 
 
+def tune_options(args: argparse.Namespace, arguments: dict, local: bool):
+    """The tuning settings from the flags (None: no tuning), the search space checked
+    against the parameters (a value the steps would reject fails here), the trial budget
+    printed (with the step count when the data is a local folder or listing)."""
+    import math
+
+    from components import sources, tuning
+    from pipelines.pipeline import TuneOptions
+
+    if not args.tune_trials:
+        if args.search_space:
+            raise TlpError("--search-space needs --tune-trials N (N > 0) to tune.")
+        return None
+    source = str(args.search_space) if args.search_space else "(the default)"
+    options = TuneOptions(args.tune_trials, args.tune_rounds, args.tune_parallelism,
+                          tuning.load_space(args.search_space), source)
+    dimensions = tuning.parse_space(options.space, source, tuning.tunable_types())
+    validate_parameters = _validator()
+    tuning.check_values(dimensions, arguments, lambda params: validate_parameters(
+        params, local=False, require_data_dir=False), source)
+    steps = None
+    data_dir = arguments.get("data_dir") or ""
+    if local and data_dir and sources.kind(data_dir) != "tfds" and "://" not in data_dir:
+        images = len(sources.list_source(data_dir).entries)
+        steps = math.ceil(images * arguments["train_ratio"] / arguments["batch_size"])
+    print(tuning.describe_budget(tuning.plan(options.trials, options.rounds,
+                                             arguments["epochs"],
+                                             arguments["fine_tune_epochs"]), steps),
+          flush=True)
+    return options
+
+
+def write_tuned_config(result, arguments: dict) -> Path:
+    """The best configuration as a config file in the run's folder: the parameters this run
+    set away from the defaults, with the best trial's over them."""
+    inputs = _pipeline_inputs()
+    chosen = {name: value for name, value in arguments.items()
+              if value != inputs[name].default}
+    path = result.run_dir / configs.TUNED_CONFIG_FILE
+    path.write_text(yaml.safe_dump({**chosen, **result.tuning["best"]["overrides"]},
+                                   sort_keys=False))
+    return path
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines import runner
 
     if not args.local:
         raise TlpError("tlp run needs --local (to run on a cluster, use tlp submit).")
     arguments = pipeline_arguments(args, local=True)
+    tuning = tune_options(args, arguments, local=True)
     image = configs.image(configs.CPU_IMAGE_NAME, args.image_registry) if args.docker else None
     print(f"Running the pipeline locally{f' in {image}' if image else ''} on "
           f"{arguments['data_dir']} (backbone {arguments['backbone']}, weights "
           f"{arguments['weights']})", flush=True)
     started = time.monotonic()
-    result = runner.run_local(arguments, args.pipeline_root, image, args.verbose)
+    result = runner.run_local(arguments, args.pipeline_root, image, args.verbose,
+                              tuning=tuning)
     accuracy = result.evaluation["accuracy"]
     print(f"\nPipeline finished in {time.monotonic() - started:.0f} s: {result.run_dir}")
     initial = result.evaluation["initial"]
@@ -138,6 +184,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  try it:        tlp predict {result.exported_model} IMAGE...")
     else:
         print(f"  model:         not exported: {result.evaluation['gate']['reason']}")
+    if result.tuning:
+        best = result.tuning["best"]
+        print(f"  tuning:        best of {len(result.tuning['trials'])} trial runs: trial "
+              f"{best['trial']}, val_accuracy {best['val_accuracy']:.4f}")
+        for name, value in best["overrides"].items():
+            print(f"                   {name}: {value}")
+        print(f"  reuse it:      tlp run --local --config {write_tuned_config(result, arguments)}"
+              "  (no tuning)")
     return 0
 
 
@@ -196,8 +250,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     cluster = cluster_options(args)
     if cluster.vertex:
         vertex.check_arguments(arguments)
+    tuning = tune_options(args, arguments, local=False)
     # The values set by flags or config become the compiled pipeline's defaults.
-    compiler.Compiler().compile(create_pipeline(cluster),
+    compiler.Compiler().compile(create_pipeline(cluster, tuning=tuning),
                                 str(args.output), pipeline_parameters=overrides or None)
     print(f"wrote {args.output}")
     return 0
@@ -214,14 +269,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise TlpError("--host is required: the KFP API endpoint, e.g. http://localhost:8080 "
                        "(or --target vertex).")
     arguments = pipeline_arguments(args, local=False)
+    tuning = tune_options(args, arguments, local=False)
     if cluster.vertex:
         _, state = vertex.submit(arguments, cluster, vertex.VertexProject(
             args.project, args.region, args.service_account, args.api_endpoint),
-            args.pipeline_root, args.run_name, args.wait, args.timeout)
+            args.pipeline_root, args.run_name, args.wait, args.timeout, tuning)
     else:
         _, state = runner.submit(arguments, args.host, cluster, args.experiment,
                                  args.run_name, args.namespace, args.pipeline_root, args.wait,
-                                 args.timeout)
+                                 args.timeout, tuning)
     if state is not None:
         print(f"final state: {state}")
         return 0 if state == "SUCCEEDED" else 1
@@ -357,6 +413,25 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
                             "step gets, for s3:// and minio:// URIs [none]")
 
 
+def _add_tune_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "tuning (fixed when the pipeline is built: they shape its DAG; README: Tuning)")
+    group.add_argument("--tune-trials", type=int, default=configs.TUNE_TRIALS, metavar="N",
+                       help="tune first: N trials drawn from the search space, in rounds of "
+                            "successive halving, then train with the best; 0: no tuning "
+                            "[%(default)s]")
+    group.add_argument("--tune-rounds", type=int, default=configs.TUNE_ROUNDS, metavar="R",
+                       help="rounds; each keeps the best third of the trials and gives them "
+                            "3x the epochs [%(default)s]")
+    group.add_argument("--tune-parallelism", type=int, default=configs.TUNE_PARALLELISM,
+                       metavar="P", help="trials running at once in a round [%(default)s]")
+    group.add_argument("--search-space", type=Path, metavar="FILE",
+                       help="YAML: PARAMETER: {log_uniform: [LOW, HIGH]} | {uniform: [LOW, "
+                            "HIGH]} | {choice: [A, B]}, one per line [learning_rate, "
+                            "fine_tune_layers, fine_tune_learning_rate, dropout, "
+                            f"{configs.TUNE_AUGMENT_SCALE}]")
+
+
 def _resource_defaults(index: int) -> str:
     return ", ".join(f"{step}={values[index]}" for step, values in configs.STEP_RESOURCES.items())
 
@@ -382,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--demo", action="store_true",
                      help="use the offline demo weights (derived on first use, see "
                           "`tlp demo-weights`); data defaults to the bundled sample anyway")
+    _add_tune_flags(run)
     _add_parameter_flags(run)
     run.set_defaults(func=cmd_run)
 
@@ -389,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", type=Path, default=Path("pipeline.yaml"),
                       help="output file [%(default)s]")
     _add_cluster_flags(comp)
+    _add_tune_flags(comp)
     _add_parameter_flags(comp)
     comp.set_defaults(func=cmd_compile)
 
@@ -414,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--timeout", type=int, default=24 * 3600,
                      help="how long --wait waits, in seconds [%(default)s]")
     _add_cluster_flags(sub)
+    _add_tune_flags(sub)
     _add_parameter_flags(sub)
     sub.set_defaults(func=cmd_submit)
 

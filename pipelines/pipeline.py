@@ -1,14 +1,20 @@
 """The pipeline: preprocess -> train -> fine_tune -> evaluate -> export (if accurate enough)
--> register (if a model registry is given)."""
+-> register (if a model registry is given); with tuning, rounds of trials between preprocess
+and train."""
+import json
 import re
 from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
+from kfp.dsl import pipeline_channel
 
 from components import configs, kfp_steps, trainjob
+from components.tuning import parse_space, tunable_types
 from components.errors import TlpError
 
-GPU_STEPS = ("train", "fine_tune")
+GPU_STEPS = ("train", "fine_tune", "tune_trial")
+# The GPU steps that run as a TrainJob of train_nodes nodes (tuning trials stay one pod).
+TRAINJOB_STEPS = ("train", "fine_tune")
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # Kubernetes quantities, as kfp checks them (CPU: "2", "0.5", "500m"; memory: "16Gi").
@@ -179,7 +185,7 @@ class ClusterOptions:
         get what they need to run a TrainJob (train_nodes > 1): its node settings, their
         namespace and service account; compiled with train_nodes > 1 they only launch it, so
         run in the CPU image, on any node, with small requests."""
-        launcher = step in GPU_STEPS and self.train_nodes > 1
+        launcher = step in TRAINJOB_STEPS and self.train_nodes > 1
         gpu = step in GPU_STEPS and self.gpu_count > 0 and not launcher
         name = configs.GPU_IMAGE_NAME if gpu else configs.CPU_IMAGE_NAME
         task.set_container_image(configs.image(name, self.image_registry))
@@ -207,7 +213,7 @@ class ClusterOptions:
 
     def _configure_kubernetes(self, task: dsl.PipelineTask, step: str, gpu: bool) -> None:
         """The kfp-kubernetes settings: the compiled pipeline's platform spec."""
-        if step in GPU_STEPS:
+        if step in TRAINJOB_STEPS:
             task.set_env_variable(configs.TRAINJOB_SETTINGS_ENV,
                                   self.node_settings(step).to_json())
             kubernetes.use_field_path_as_env(task, configs.NAMESPACE_ENV, "metadata.namespace")
@@ -251,9 +257,57 @@ def add_preprocess(groups: int, params: dict) -> tuple[dsl.PipelineTask,
     return merge, [listing, part, merge]
 
 
-def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = None):
+@dataclass(frozen=True)
+class TuneOptions:
+    """Tuning inside the pipeline (components/tuning.py), fixed when the pipeline is built:
+    the rounds and their parallelism shape the DAG. trials 0: no tuning, the pipeline as
+    without it. space: the search space, as parsed YAML (checked by tuning.parse_space and
+    compiled into the pipeline as the sample step's search_space parameter)."""
+    trials: int = configs.TUNE_TRIALS
+    rounds: int = configs.TUNE_ROUNDS
+    parallelism: int = configs.TUNE_PARALLELISM
+    space: dict = field(default_factory=lambda: dict(configs.TUNE_SEARCH_SPACE))
+    source: str = "(the default)"  # Where the space came from, for messages: its file.
+
+    def __post_init__(self):
+        if self.trials < 0 or self.rounds < 1 or self.parallelism < 1:
+            raise TlpError(f"tune trials {self.trials}, rounds {self.rounds}, parallelism "
+                           f"{self.parallelism}: trials must be 0 (off) or more, rounds and "
+                           "parallelism 1 or more.")
+        if self.trials:
+            parse_space(self.space, self.source, tunable_types())
+
+
+def add_tuning(tune: TuneOptions, dataset: pipeline_channel.PipelineChannel, params: dict
+               ) -> tuple[pipeline_channel.PipelineChannel, pipeline_channel.PipelineChannel,
+                          list[tuple[str, dsl.PipelineTask]]]:
+    """The tuning tasks: sample, then per round a ParallelFor of trials and a select that
+    keeps the best (successive halving; tune_best after the last round). Returns the best
+    trial's parameters, the trials table artifact and the (step, task) pairs."""
+    sample = kfp_steps.tune_sample(dataset=dataset, search_space=json.dumps(tune.space),
+                                   searchable=tunable_types(),
+                                   trials=tune.trials, rounds=tune.rounds,
+                                   **_arguments(kfp_steps.tune_sample, params))
+    tasks = [("tune_sample", sample)]
+    items, table = sample.outputs["Output"], sample.outputs["table"]
+    for index in range(tune.rounds):
+        with dsl.ParallelFor(items, parallelism=tune.parallelism) as item:
+            trial = kfp_steps.tune_trial(dataset=dataset, trial=item,
+                                         **_arguments(kfp_steps.tune_trial, params))
+        last = index == tune.rounds - 1
+        select = (kfp_steps.tune_best if last else kfp_steps.tune_select)(
+            results=dsl.Collected(trial.outputs["result"]), table=table)
+        tasks += [("tune_trial", trial), ("tune_select", select)]
+        items, table = select.outputs["Output"], select.outputs["tuning"]
+    return items, table, tasks
+
+
+def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = None,
+                    tuning: TuneOptions | None = None):
     """Returns the pipeline; with cluster options for a cluster, without for kfp.local (with
-    image, every step runs in that image: kfp.local's DockerRunner)."""
+    image, every step runs in that image: kfp.local's DockerRunner); with tune options of 1
+    trial or more, tuning before train (add_tuning)."""
+    tunes = tuning is not None and tuning.trials > 0
 
     @dsl.pipeline(name=configs.PIPELINE_NAME,
                   description="Transfer-learning image classifier: preprocess, train a new head "
@@ -422,6 +476,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             registered_model_name: Name of the model in the registry; its versions are
                 named like the published versions (1, 2, ...).
         """
+        params = dict(locals())  # The pipeline's parameters, for the tuning tasks.
         fit_args = dict(batch_size=batch_size, optimizer=optimizer, lr_schedule=lr_schedule,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
                         class_weighting=class_weighting, mixed_precision=mixed_precision,
@@ -443,6 +498,10 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             previous_manifest=previous_manifest, tfds_data_dir=tfds_data_dir,
             tfds_splits=tfds_splits))
         dataset = prep.outputs["dataset"]
+        tuned, tune_tasks = {}, []
+        if tunes:
+            best, table, tune_tasks = add_tuning(tuning, dataset, params)
+            tuned = dict(tuned=best)
         train = kfp_steps.train(
             dataset=dataset, backbone=backbone, weights=weights, pooling=pooling,
             head_dense_units=head_dense_units, head_batch_norm=head_batch_norm, dropout=dropout,
@@ -453,19 +512,20 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
             augment_color_jitter=augment_color_jitter, augment_blur=augment_blur,
             augment_erasing=augment_erasing, augment_fill_mode=augment_fill_mode,
             epochs=epochs, learning_rate=learning_rate, head_feature_views=head_feature_views,
-            **fit_args)
+            **tuned, **fit_args)
         tune = kfp_steps.fine_tune(
             dataset=dataset, trained_model=train.outputs["model"],
             train_history=train.outputs["history"], fine_tune_layers=fine_tune_layers,
             domain_similarity=domain_similarity,
             fine_tune_learning_rate=fine_tune_learning_rate, fine_tune_epochs=fine_tune_epochs,
-            **fit_args)
+            **tuned, **fit_args)
         evaluation = kfp_steps.evaluate(
             dataset=dataset, model=tune.outputs["model"],
             initial_model=train.outputs["initial_model"],
             train_history=train.outputs["history"], fine_tune_history=tune.outputs["history"],
             batch_size=batch_size, top_k=top_k, min_test_accuracy=min_test_accuracy,
-            baseline_model=baseline_model, baseline_tolerance=baseline_tolerance)
+            baseline_model=baseline_model, baseline_tolerance=baseline_tolerance,
+            **(dict(tuning=table) if tunes else {}))
         with dsl.If(evaluation.outputs["Output"] == True,  # noqa: E712
                     name="export-approved"):
             export = kfp_steps.export(
@@ -482,7 +542,7 @@ def create_pipeline(cluster: ClusterOptions | None = None, image: str | None = N
                     exported_model=export.outputs["exported_model"],
                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                     run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-        for step, task in (*(("preprocess", task) for task in prep_tasks),
+        for step, task in (*(("preprocess", task) for task in prep_tasks), *tune_tasks,
                            ("train", train), ("fine_tune", tune), ("evaluate", evaluation),
                            ("export", export), ("register", register)):
             if cluster:

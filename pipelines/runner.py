@@ -12,7 +12,7 @@ from typing import TextIO
 from components import configs
 from components.errors import TlpError
 from pipelines import local_docker, progress
-from pipelines.pipeline import ClusterOptions, create_pipeline
+from pipelines.pipeline import ClusterOptions, TuneOptions, create_pipeline
 
 
 @dataclass
@@ -21,6 +21,7 @@ class LocalRun:
     evaluation: dict
     report: Path
     exported_model: Path | None  # None when the accuracy gate held the export back.
+    tuning: dict | None = None  # The trials table, when the pipeline tuned.
 
 
 def _single(run_dir: Path, pattern: str) -> Path | None:
@@ -37,12 +38,20 @@ def _with_logs(message: str, reporter: progress.Reporter) -> TlpError:
     return TlpError(message)
 
 
+def _tuning_table(run_dir: Path) -> dict | None:
+    """The whole trials table (tune_best's), if the run tuned."""
+    table = _single(run_dir, "**/tune-best/tuning")
+    return json.loads(table.read_text()) if table else None
+
+
 def run_local(arguments: dict, pipeline_root: str | Path, docker_image: str | None = None,
-              verbose: bool = False, console: TextIO | None = None) -> LocalRun:
+              verbose: bool = False, console: TextIO | None = None,
+              tuning: TuneOptions | None = None) -> LocalRun:
     """Runs every step as a local subprocess, or with docker_image in a container of that
     image; artifacts land in a new folder under pipeline_root (kfp.local needs a local,
     absolute path there), each step's output in its logs folder. console (stdout) gets a
-    line per step and epoch, or with verbose everything, as kfp.local prints it."""
+    line per step and epoch, or with verbose everything, as kfp.local prints it. tuning:
+    tune first (rounds of trials), then train with the best configuration."""
     from kfp import local
 
     # Without docker_image the steps run in this environment, not in the images they name.
@@ -61,7 +70,7 @@ def run_local(arguments: dict, pipeline_root: str | Path, docker_image: str | No
     reporter = progress.Reporter(console or sys.stdout, verbose)
     try:
         with progress.report_steps(reporter), watch:
-            create_pipeline(image=docker_image)(**arguments)
+            create_pipeline(image=docker_image, tuning=tuning)(**arguments)
     except RuntimeError as error:  # kfp.local's report of a failed task.
         raise _with_logs(progress.strip_colours(str(error)), reporter) from error
     except TlpError as error:  # StepWatch's, with --docker.
@@ -71,7 +80,7 @@ def run_local(arguments: dict, pipeline_root: str | Path, docker_image: str | No
     evaluation = _single(run_dir, "**/evaluate/evaluation")
     return LocalRun(run_dir, json.loads(evaluation.read_text()),
                     _single(run_dir, "**/evaluate/report"),
-                    _single(run_dir, "**/export/exported_model"))
+                    _single(run_dir, "**/export/exported_model"), _tuning_table(run_dir))
 
 
 def kfp_client(host: str, namespace: str | None):
@@ -95,7 +104,8 @@ def kfp_client(host: str, namespace: str | None):
 def submit(arguments: dict, host: str, cluster: ClusterOptions, experiment: str,
            run_name: str | None = None, namespace: str | None = None,
            pipeline_root: str | None = None, wait: bool = False,
-           timeout_s: float = 24 * 3600) -> tuple[str, str | None]:
+           timeout_s: float = 24 * 3600,
+           tuning: TuneOptions | None = None) -> tuple[str, str | None]:
     """Compiles the pipeline with the cluster options and creates a run on the KFP endpoint;
     returns the run's URL and, with wait, its final state (SUCCEEDED, FAILED, ...)."""
     import kfp_server_api
@@ -105,7 +115,7 @@ def submit(arguments: dict, host: str, cluster: ClusterOptions, experiment: str,
     try:
         client = kfp_client(host, namespace)
         run = client.create_run_from_pipeline_func(
-            create_pipeline(cluster), arguments=arguments,
+            create_pipeline(cluster, tuning=tuning), arguments=arguments,
             run_name=run_name or f"{configs.PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}",
             experiment_name=experiment, namespace=namespace, pipeline_root=pipeline_root)
         url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from components import configs
 from components.errors import TlpError
-from pipelines.pipeline import ClusterOptions, create_pipeline
+from pipelines.pipeline import ClusterOptions, TuneOptions, create_pipeline
 
 # PipelineState names, less their PIPELINE_STATE_ prefix, after which a run no longer changes.
 FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -53,9 +53,11 @@ def _wait(job, url: str, timeout_s: float) -> str:
 
 def submit(arguments: dict, cluster: ClusterOptions, target: VertexProject,
            pipeline_root: str | None, run_name: str | None = None, wait: bool = False,
-           timeout_s: float = 24 * 3600) -> tuple[str, str | None]:
-    """Compiles the pipeline for Vertex and creates a PipelineJob with these arguments;
-    returns the run's console URL and, with wait, its final state (SUCCEEDED, FAILED, ...).
+           timeout_s: float = 24 * 3600,
+           tuning: TuneOptions | None = None) -> tuple[str, str | None]:
+    """Compiles the pipeline for Vertex (with tuning, if given) and creates a PipelineJob
+    with these arguments; returns the run's console URL and, with wait, its final state
+    (SUCCEEDED, FAILED, ...).
     Credentials: Application Default Credentials (gcloud auth application-default login,
     GOOGLE_APPLICATION_CREDENTIALS, or the workload's service account)."""
     if not pipeline_root:
@@ -75,7 +77,8 @@ def submit(arguments: dict, cluster: ClusterOptions, target: VertexProject,
     endpoint = target.api_endpoint or f"{target.region}-aiplatform.googleapis.com"
     with tempfile.TemporaryDirectory() as folder:
         template = Path(folder) / "pipeline.yaml"
-        compiler.Compiler().compile(create_pipeline(cluster), str(template))
+        compiler.Compiler().compile(create_pipeline(cluster, tuning=tuning),
+                                    str(template))
         try:
             # REST, not gRPC: one transport for every endpoint, a test's plain-HTTP one too.
             aiplatform.init(project=target.project, location=target.region,

@@ -318,3 +318,78 @@ def test_bad_train_nodes_stop_with_one_message(tmp_path, capsys, argv, message):
     assert cli.main(["compile", "-o", str(out), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_tuning_compiles_to_rounds_of_parallel_gpu_trials(tmp_path, capsys):
+    """Golden: 8 trials, 2 rounds, 4 at a time, 2 GPUs: sample -> ParallelFor(trials) ->
+    select -> ParallelFor(survivors) -> best -> train and fine_tune with the best."""
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), "--tune-trials", "8", "--tune-parallelism",
+                     "4", "--gpu-count", "2", "--retries", "3"]) == 0
+    assert "round 2: 3 trial(s) x (10 head + 3 fine-tune epochs)" in capsys.readouterr().out
+    docs = list(yaml.safe_load_all(out.read_text()))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    tasks = spec.root.dag.tasks
+    loops = sorted(name for name in tasks if name.startswith("for-loop"))
+    assert loops == ["for-loop-1", "for-loop-2"]
+    assert {name: (sorted(tasks[name].dependent_tasks),
+                   tasks[name].iterator_policy.parallelism_limit,
+                   tasks[name].parameter_iterator.items.input_parameter)
+            for name in loops} == {
+        "for-loop-1": (["preprocess", "tune-sample"], 4, "pipelinechannel--tune-sample-Output"),
+        "for-loop-2": (["preprocess", "tune-select"], 4, "pipelinechannel--tune-select-Output")}
+    assert set(tasks["tune-select"].dependent_tasks) == {"for-loop-1", "tune-sample"}
+    assert set(tasks["tune-best"].dependent_tasks) == {"for-loop-2", "tune-select"}
+    for step in ("train", "fine-tune"):
+        tuned = tasks[step].inputs.parameters["tuned"].task_output_parameter
+        assert (tuned.producer_task, tuned.output_parameter_key) == ("tune-best", "Output")
+    assert tasks["evaluate"].inputs.artifacts["tuning"].task_output_artifact.producer_task \
+        == "tune-best"
+    space = tasks["tune-sample"].inputs.parameters["search_space"].runtime_value.constant
+    assert json.loads(space.string_value) == configs.TUNE_SEARCH_SPACE
+    executors = spec.deployment_spec["executors"]
+    for index, executor in enumerate(("exec-tune-trial", "exec-tune-trial-2")):
+        container = executors[executor]["container"]
+        assert container["image"] == configs.GPU_IMAGE
+        accelerator = container["resources"]["accelerator"]
+        assert (accelerator["resourceType"], accelerator["resourceCount"]) \
+            == (configs.GPU_RESOURCE, "2")
+        assert (container["resources"]["resourceCpuRequest"],
+                container["resources"]["resourceMemoryRequest"]) \
+            == configs.STEP_RESOURCES["tune_trial"]
+        loop = spec.components[tasks[loops[index]].component_ref.name].dag.tasks
+        trial = loop[executor.removeprefix("exec-")]
+        assert trial.retry_policy.max_retry_count == 3
+        assert not trial.caching_options.enable_cache
+    for executor in ("exec-tune-sample", "exec-tune-select", "exec-tune-best"):
+        assert executors[executor]["container"]["image"] == configs.CPU_IMAGE
+        assert "accelerator" not in executors[executor]["container"]["resources"]
+    platform = json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+    trial_k8s = platform.platforms["kubernetes"].deployment_spec.executors["exec-tune-trial"]
+    assert json_format.MessageToDict(trial_k8s)["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_tune_trials_0_compiles_to_the_pipeline_without_tuning(tmp_path):
+    from pipelines.pipeline import TuneOptions
+
+    plain, off = tmp_path / "plain.yaml", tmp_path / "off.yaml"
+    compiler.Compiler().compile(create_pipeline(ClusterOptions()), str(plain))
+    compiler.Compiler().compile(create_pipeline(ClusterOptions(),
+                                                tuning=TuneOptions(trials=0)), str(off))
+    assert off.read_text() == plain.read_text()
+    assert "tune-sample" not in plain.read_text() and "for-loop" not in plain.read_text()
+
+
+def test_tuning_compiles_for_vertex_too(tmp_path):
+    """On Vertex AI Pipelines the trials get the Vertex accelerator and machine limits."""
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), "--target", "vertex", "--tune-trials", "4",
+                     "--gpu-count", "1"]) == 0
+    spec = json_format.ParseDict(next(yaml.safe_load_all(out.read_text())),
+                                 pipeline_spec_pb2.PipelineSpec())
+    container = spec.deployment_spec["executors"]["exec-tune-trial"]["container"]
+    assert container["resources"]["accelerator"]["resourceType"] == configs.VERTEX_GPU_TYPE
+    assert (container["resources"]["resourceCpuLimit"],
+            container["resources"]["resourceMemoryLimit"]) \
+        == configs.STEP_RESOURCES["tune_trial"]

@@ -235,3 +235,21 @@ def test_predict_split_keeps_the_most_confidently_wrong_images(binary_run):
     expected = wrong[np.argsort(-full.probs[wrong].max(axis=1), kind="stable")][:2]
     assert [index for index, _ in top.wrong] == expected.tolist()
     assert top.wrong[0][1].shape == (16, 16, 3) and top.wrong[0][1].dtype == np.uint8
+
+
+def test_the_report_has_a_tuning_section_with_every_trial():
+    from components import tuning
+
+    rounds = tuning.plan(3, 2, epochs=2, fine_tune_epochs=1)
+    table = tuning.new_table({"learning_rate": {"log_uniform": [1e-4, 1e-2]}}, rounds, 1)
+    first = tuning.items([{"learning_rate": 1e-3}, {"learning_rate": 5e-3},
+                          {"learning_rate": 2e-4}], 0, rounds[0])
+    table, survivors = tuning.select(table, [tuning.trial_row(item, item["params"], a, 1.0, 3)
+                                             for item, a in zip(first, (0.5, 0.7, 0.6))])
+    table, _ = tuning.select(table, [tuning.trial_row(survivors[0], survivors[0]["params"],
+                                                      0.8, 0.5, 6)])
+    section = evaluation._tuning_section(table)
+    assert "<h2>Tuning (4 trials)</h2>" in section and 'alt="tuning trials"' in section
+    assert "Best: trial 1, val_accuracy 0.8000" in section
+    assert section.count("<tr>") == 5  # The header and a row per trial run.
+    assert evaluation._tuning_section(None) == ""

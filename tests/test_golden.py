@@ -15,7 +15,9 @@ from pipelines import cli
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("TLP_UPDATE_GOLDEN") == "1"
 # Golden file -> the `tlp compile` flags that write it.
-TARGETS = {"pipeline-kfp.yaml": [], "pipeline-vertex.yaml": ["--target", "vertex"]}
+TARGETS = {"pipeline-kfp.yaml": [], "pipeline-vertex.yaml": ["--target", "vertex"],
+           # Tuning: 8 trials in 2 rounds of ParallelFor, 4 at a time, each with a GPU.
+           "pipeline-kfp-tuned.yaml": ["--tune-trials", "8", "--tune-parallelism", "4"]}
 
 
 @pytest.mark.parametrize("name", TARGETS)

@@ -1,0 +1,133 @@
+"""Tuning against no tuning, side by side, on bench.accuracy's Fashion-MNIST subset (500
+train and 100 validation images per class, the 10,000 test images, 96 px, MobileNetV2 with
+the demo's ImageNet weights). The untuned arm is bench.accuracy's recipe (10 epochs train at
+1e-3, 5 fine_tune with every layer at 1e-4, cosine); the tuned arm starts from the same
+parameters, runs the pipeline's tuning (the same sampling, round plan, trials and selection
+as the tune_* steps: components/tuning.py, training.run_trial) and then trains with the best
+configuration. Prints each arm's test accuracy and wall time, the ratio, and the best
+configuration.
+
+    .venv/bin/python -m bench.tuning [--trials 8] [--rounds 2] [--search-space FILE]
+        [--train-per-class 500 --validation-per-class 100 --test-count 10000]
+
+The trials run one after another in this process (the pipeline runs each in its own
+process, a few seconds more each for starting Python and TensorFlow).
+"""
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+
+from bench.accuracy import test_accuracy
+from bench.common import write_dataset
+from components import configs, demo_weights, fashion_mnist, training, tuning
+
+SPACE = Path(__file__).with_name("tuning-space.yaml")
+# bench.accuracy's recipe as pipeline parameters (the pipeline's defaults for the rest).
+RECIPE = dict(fine_tune_layers="all", fine_tune_learning_rate=1e-4, lr_schedule="cosine",
+              augment_brightness=0.0, target_accuracy=1.01)
+
+
+def base_parameters(image_size: int) -> dict:
+    from pipelines.cli import _pipeline_inputs
+
+    parameters = {name: spec.default for name, spec in _pipeline_inputs().items()}
+    return {**parameters, **RECIPE, "weights": str(demo_weights.ensure_demo_weights()),
+            "image_size": image_size}
+
+
+def train_and_test(parameters: dict, dataset: Path, work: Path) -> float:
+    """The pipeline's train then fine_tune, then accuracy on the test split."""
+    training.train_from_parameters(parameters, str(dataset), str(work / "train.keras"),
+                                   str(work / "train.json"), str(work / "train.state"))
+    training.fine_tune_from_parameters(parameters, str(dataset), str(work / "train.keras"),
+                                       str(work / "train.json"), str(work / "tuned.keras"),
+                                       str(work / "tuned.json"), str(work / "tune.state"))
+    keras.backend.clear_session()
+    return test_accuracy(work / "tuned.keras", dataset)
+
+
+def tune(base: dict, dataset: Path, work: Path, args: argparse.Namespace) -> dict:
+    """The tuning steps' work, in this process: sample, rounds of trials, selection."""
+    space = tuning.load_space(args.search_space)
+    dimensions = tuning.parse_space(space, str(args.search_space), tuning.tunable_types())
+    rounds = tuning.plan(args.trials, args.rounds, base["epochs"], base["fine_tune_epochs"])
+    print(tuning.describe_budget(rounds), flush=True)
+    table = tuning.new_table(space, rounds, base["seed"])
+    items = tuning.items(tuning.sample(dimensions, args.trials, base["seed"]), 0, rounds[0])
+    while items:
+        rows = []
+        for item in items:
+            started = time.monotonic()
+            overrides, parameters = tuning.trial_parameters(base, item)
+            histories = training.run_trial(parameters, str(dataset),
+                                           str(work / f"trial-{item['trial']}-{item['round']}"))
+            keras.backend.clear_session()
+            rows.append(tuning.trial_row(item, overrides, *tuning.score(*histories),
+                                         time.monotonic() - started))
+        table, items = tuning.select(table, rows)
+        tuning.print_round(rows, len(items) or 1)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=configs.TUNE_ROUNDS)
+    parser.add_argument("--search-space", type=Path, default=SPACE,
+                        help="[%(default)s: the pipeline's default with fine_tune_layers=all "
+                             "among the choices]")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--train-per-class", type=int, default=500)
+    parser.add_argument("--validation-per-class", type=int, default=100)
+    parser.add_argument("--test-count", type=int, default=10_000)
+    parser.add_argument("--arms", nargs="+", choices=("untuned", "tuned"),
+                        default=["untuned", "tuned"])
+    args = parser.parse_args()
+    train_images, train_labels = fashion_mnist.load("train")
+    test_images, test_labels = fashion_mnist.load("test")
+    train = fashion_mnist.first_per_class(train_labels, args.train_per_class)
+    validation = fashion_mnist.first_per_class(train_labels, args.validation_per_class,
+                                               skip=args.train_per_class)
+    base = base_parameters(args.image_size)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = write_dataset(Path(tmp) / "data", {
+            "train": (train_images[train], train_labels[train]),
+            "validation": (train_images[validation], train_labels[validation]),
+            "test": (test_images[:args.test_count], test_labels[:args.test_count])},
+            args.image_size)
+        for arm in args.arms:
+            work = Path(tmp) / arm
+            work.mkdir()
+            started = time.monotonic()
+            parameters, table = base, None
+            if arm == "tuned":
+                table = tune(base, dataset, work, args)
+                parameters = tuning.apply(base, table["best"]["overrides"])
+            accuracy = train_and_test(parameters, dataset, work)
+            results[arm] = (accuracy, (time.monotonic() - started) / 60, table)
+            print(f"{arm}: test accuracy {accuracy:.4f}, {results[arm][1]:.1f} minutes",
+                  flush=True)
+    print(f"\n{args.train_per_class} train and {args.validation_per_class} validation images "
+          f"per class, {args.test_count} test images, {args.image_size} px; tuning: "
+          f"{args.trials} trials, {args.rounds} rounds")
+    print(f"{'arm':<9} {'test accuracy':>14} {'minutes':>8}")
+    for arm, (accuracy, minutes, _) in results.items():
+        print(f"{arm:<9} {accuracy:>14.4f} {minutes:>8.1f}")
+    if len(results) == 2:
+        print(f"tuned - untuned: {results['tuned'][0] - results['untuned'][0]:+.4f}; wall "
+              f"time ratio {results['tuned'][1] / results['untuned'][1]:.2f}")
+    if "tuned" in results:
+        best = results["tuned"][2]["best"]
+        print(f"best configuration (trial {best['trial']}, val_accuracy "
+              f"{best['val_accuracy']:.4f}): {best['overrides']}")
+    print("load averages at the end (1, 5, 15 min): %.1f %.1f %.1f" % os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Tuning's logic (components/tuning.py): the search space and its errors, seeded sampling,
+the round plan, successive-halving selection; and the CLI's checks before any work."""
+import pytest
+
+from components import configs, tuning
+from components.errors import TlpError
+from pipelines import cli
+
+TYPES = {"learning_rate": "Float", "dropout": "Float", "batch_size": "Integer",
+         "fine_tune_layers": "String", "head_batch_norm": "Boolean",
+         configs.TUNE_AUGMENT_SCALE: "Float"}
+
+
+def default_dimensions():
+    return tuning.parse_space(tuning.load_space(None), "(the default)", tuning.tunable_types())
+
+
+def test_sampling_is_deterministic_for_a_seed_and_stays_in_the_space():
+    dimensions = default_dimensions()
+    first = tuning.sample(dimensions, 8, seed=42)
+    assert first == tuning.sample(dimensions, 8, seed=42)
+    assert first != tuning.sample(dimensions, 8, seed=43)
+    # The file's order does not matter: dimensions are drawn in name order.
+    reordered = dict(reversed(list(tuning.load_space(None).items())))
+    assert tuning.sample(tuning.parse_space(reordered, "f", tuning.tunable_types()), 8,
+                         seed=42) == first
+    for config in first:
+        assert set(config) == set(configs.TUNE_SEARCH_SPACE)
+        assert 1e-4 <= config["learning_rate"] <= 1e-2
+        assert 0 <= config["dropout"] <= 0.5
+        assert config["fine_tune_layers"] in ("10", "30", "60", "100")
+    # Log-uniform: about as many draws below the range's geometric middle as above it.
+    rates = [c["learning_rate"] for c in tuning.sample(dimensions, 400, seed=1)]
+    assert 150 < sum(rate < 1e-3 for rate in rates) < 250
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-5 as a string; the space takes it as the number it means."""
+    path = tmp_path / "space.yaml"
+    path.write_text("learning_rate: {log_uniform: [1e-5, 1e-3]}\n")
+    [dimension] = tuning.parse_space(tuning.load_space(path), str(path), TYPES).values()
+    assert dimension.values == (1e-5, 1e-3)
+
+
+def test_integer_ranges_draw_integers_and_choices_take_the_parameter_type():
+    dimensions = tuning.parse_space({"batch_size": {"uniform": [7.5, 64]},
+                                     "fine_tune_layers": {"choice": [10, "all"]}}, "f", TYPES)
+    for config in tuning.sample(dimensions, 20, seed=0):
+        assert isinstance(config["batch_size"], int) and 8 <= config["batch_size"] <= 64
+        assert config["fine_tune_layers"] in ("10", "all")
+
+
+def test_the_plan_keeps_a_third_and_gives_survivors_three_times_the_epochs():
+    assert tuning.plan(8, 2, epochs=10, fine_tune_epochs=5) == [
+        tuning.Round(8, 4, 1), tuning.Round(3, 10, 3)]
+    assert tuning.plan(9, 3, epochs=9, fine_tune_epochs=9) == [
+        tuning.Round(9, 1, 1), tuning.Round(3, 3, 3), tuning.Round(1, 9, 9)]
+    assert tuning.plan(2, 2, epochs=1, fine_tune_epochs=0) == [
+        tuning.Round(2, 1, 0), tuning.Round(1, 1, 0)]
+    budget = tuning.describe_budget(tuning.plan(8, 2, 10, 5), steps_per_epoch=25)
+    assert budget.splitlines() == [
+        "tuning: 8 trials in 2 round(s), 79 epochs in all, about 1,975 training steps "
+        "(25 per epoch); then the pipeline trains with the best",
+        "  round 1: 8 trial(s) x (4 head + 1 fine-tune epochs)",
+        "  round 2: 3 trial(s) x (10 head + 3 fine-tune epochs)"]
+
+
+def row(item: dict, accuracy: float, loss: float = 1.0) -> dict:
+    return tuning.trial_row(item, item["params"], accuracy, loss, seconds=2.0)
+
+
+def test_each_round_keeps_the_right_trials_and_the_last_names_the_best():
+    rounds = tuning.plan(8, 2, epochs=10, fine_tune_epochs=5)
+    configs_ = [{"learning_rate": 0.001 * (i + 1)} for i in range(8)]
+    first = tuning.items(configs_, 0, rounds[0])
+    # Trials 5, 2 and (on a tie with 7, by the lower val_loss) 6 are the best three.
+    accuracies = [0.1, 0.2, 0.8, 0.3, 0.4, 0.9, 0.7, 0.7]
+    losses = [1.0] * 6 + [0.5, 0.6]
+    table = tuning.new_table({"learning_rate": {"log_uniform": [1e-3, 1e-2]}}, rounds, 42)
+    table, survivors = tuning.select(table, [row(item, a, l) for item, a, l
+                                             in zip(first, accuracies, losses)])
+    assert [s["trial"] for s in survivors] == [5, 2, 6]
+    assert all((s["round"], s["epochs"], s["fine_tune_epochs"]) == (1, 10, 3)
+               for s in survivors)
+    assert [s["params"] for s in survivors] == [configs_[5], configs_[2], configs_[6]]
+    assert not table["complete"] and len(table["trials"]) == 8
+    # With more epochs trial 2 overtakes trial 5: the last round decides.
+    table, survivors = tuning.select(table, [row(s, a) for s, a in
+                                             zip(survivors, [0.85, 0.95, 0.6])])
+    assert survivors == [] and table["complete"] and len(table["trials"]) == 11
+    assert table["best"]["trial"] == 2 and table["best"]["overrides"] == configs_[2]
+    assert tuning.best_metrics(table["best"])["learning_rate"] == 0.003
+
+
+def test_score_is_that_of_the_epoch_training_keeps():
+    train = {"val_loss": [0.9, 0.5, 0.7], "val_accuracy": [0.5, 0.8, 0.9]}
+    fine_tune = {"val_loss": [0.6, 0.4], "val_accuracy": [0.7, 0.85]}
+    assert tuning.score(train, fine_tune) == (0.85, 0.4)
+    assert tuning.score(train, {}) == (0.8, 0.5)
+
+
+def test_augment_scale_becomes_the_strengths_and_overrides_keep_the_parameter_types():
+    base = {name: 0.1 for name in configs.TUNE_AUGMENT_SCALED} | {"batch_size": 32,
+                                                                   "dropout": 0.2}
+    overrides = tuning.expand({configs.TUNE_AUGMENT_SCALE: 1.5, "dropout": 0.3}, base)
+    assert overrides == {"dropout": 0.3} | {name: 0.15 for name in configs.TUNE_AUGMENT_SCALED}
+    # kfp.local passes dicts with ints as floats.
+    applied = tuning.apply(base, {"batch_size": 16.0, "dropout": 0.3})
+    assert applied["batch_size"] == 16 and isinstance(applied["batch_size"], int)
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"image_size": {"choice": [96]}}, "image_size cannot be searched: the trials share one "
+                                       "preprocessed dataset"),
+    ({"epochs": {"choice": [3]}}, "epochs cannot be searched"),
+    ({"learning_rat": {"uniform": [0.1, 0.2]}}, "learning_rat cannot be searched"),
+    ({"learning_rate": {"uniform": [0.01, 0.001]}}, "the range [0.01, 0.001] is empty"),
+    ({"learning_rate": {"log_uniform": [0, 0.1]}}, "log_uniform needs LOW > 0"),
+    ({"learning_rate": {"normal": [0, 1]}}, "write one of {log_uniform: [LOW, HIGH]}"),
+    ({"learning_rate": {"uniform": [0.1]}}, "uniform needs [LOW, HIGH], two numbers"),
+    ({"learning_rate": {"uniform": [0.1, "a"]}}, "uniform needs [LOW, HIGH], two numbers"),
+    ({"learning_rate": {"uniform": "0.1"}}, "uniform needs [LOW, HIGH], two numbers"),
+    ({"learning_rate": {"choice": []}}, "choice needs a non-empty list"),
+    ({"batch_size": {"choice": [16, 2.5]}}, "choice 2.5 is not a Integer"),
+    ({"batch_size": {"uniform": [3.2, 3.8]}}, "no integer lies in [3.2, 3.8]"),
+    ({"fine_tune_layers": {"uniform": [10, 50]}}, "is a String parameter: give its values "
+                                                  "with {choice: [...]}"),
+    ({}, "at least one"),
+])
+def test_bad_spaces_name_the_file_the_parameter_and_the_fix(space, message):
+    with pytest.raises(TlpError, match="search space space.yaml") as error:
+        tuning.parse_space(space, "space.yaml", tuning.tunable_types() | TYPES)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dropout: {uniform: [0.0, 1.2]}\n",
+     "dropout=1.2 (a uniform range end) would be rejected by the steps: dropout=1.2 must be "
+     "in [0, 1). Narrow the range or drop the value."),
+    ("augment_scale: {uniform: [0.5, 12]}\n", "augment_scale=12.0 (a uniform range end) "
+                                              "would be rejected by the steps: augment_zoom"),
+    ("optimizer: {choice: [adam, lion]}\n", "optimizer=lion (a choice) would be rejected"),
+    ("learning_rate: {log_uniform: [0.01, 0.001]}\n", "the range [0.01, 0.001] is empty"),
+    ("learning_rate: [0.1\n", "is not valid YAML"),
+])
+def test_compile_stops_on_a_bad_space_before_any_work(tmp_path, capsys, text, message):
+    space, out = tmp_path / "space.yaml", tmp_path / "p.yaml"
+    space.write_text(text)
+    assert cli.main(["compile", "-o", str(out), "--tune-trials", "4",
+                     "--search-space", str(space)]) == 2
+    error = capsys.readouterr().err
+    assert str(space) in error and message in error
+    assert not out.exists()
+
+
+def test_search_space_without_trials_and_bad_counts_are_refused(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), "--search-space", "x.yaml"]) == 2
+    assert "--search-space needs --tune-trials N" in capsys.readouterr().err
+    assert cli.main(["compile", "-o", str(out), "--tune-trials", "4", "--tune-rounds",
+                     "0"]) == 2
+    assert "rounds and parallelism 1 or more" in capsys.readouterr().err
+    assert cli.main(["compile", "-o", str(out), "--tune-trials", "4", "--search-space",
+                     str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
+    assert not out.exists()
