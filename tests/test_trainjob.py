@@ -159,13 +159,13 @@ def train_artifacts(root: Path) -> dict:
             for name, suffix in names.items()}
 
 
-def run_train(server: FakeApi, tmp_path: Path, capsys=None, **kwargs) -> dict:
+def run_train(server: FakeApi, tmp_path: Path) -> dict:
     artifacts = train_artifacts(tmp_path)
     trainjob.run_step("train", {"backend": "jax", "epochs": 3}, artifacts, ("dataset",),
                       ("model", "history", "tensorboard", "initial_model"), ("tensorboard",),
                       str(tmp_path / "remote" / "model.state"), 4,
                       "8d2f1a6e-30c4-4b8e-9d1e-5a7f00c3e2b1", "train", jobs=jobs_at(server),
-                      settings=CLUSTER.node_settings("train"), poll_seconds=0.01, **kwargs)
+                      settings=CLUSTER.node_settings("train"), poll_seconds=0.01)
     return artifacts
 
 
