@@ -393,3 +393,14 @@ def test_tuning_compiles_for_vertex_too(tmp_path):
     assert (container["resources"]["resourceCpuLimit"],
             container["resources"]["resourceMemoryLimit"]) \
         == configs.STEP_RESOURCES["tune_trial"]
+
+
+def test_tuning_trials_stay_one_gpu_pod_when_training_runs_on_nodes(tmp_path):
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "-o", str(out), "--train-nodes", "4", "--backend", "jax",
+                     "--tune-trials", "2"]) == 0
+    executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
+    trial, train = (executors[name]["container"] for name in ("exec-tune-trial", "exec-train"))
+    assert trial["image"] == configs.GPU_IMAGE and "accelerator" in trial["resources"]
+    assert [env["name"] for env in trial["env"]] == [configs.REQUIRE_GPU_ENV]
+    assert train["image"] == configs.CPU_IMAGE and "accelerator" not in train["resources"]
