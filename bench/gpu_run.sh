@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU benchmark on a lent GPU machine without a registry (README, GPU benchmark), from
-# the repository root: installs the carried wheels (.whl: Keras; bench/gpu_wheels.sh makes
-# them), and TensorFlow too where its two parts are there (the first copied to /tmp/parts by
-# an earlier call, the second carried in .tf2, with .tfx), then runs `python3 -m bench.gpu
+# the repository root: installs the wheels in .whl (Keras; bench/gpu_wheels.sh makes them),
+# and TensorFlow too where its two parts are there (the first copied to /tmp/parts by an
+# earlier call, the second carried in .tf2; its dependencies in .tfx; the README says which
+# call carries what), then runs `python3 -m bench.gpu
 # --backend jax "$@"`, its log and JSON written to $OUT (or ./gpu-results). Without
 # TensorFlow the in-memory and on-device arms still run.
 set -uo pipefail
