@@ -14,6 +14,7 @@ The trials run one after another in this process (the pipeline runs each in its 
 process, a few seconds more each for starting Python and TensorFlow).
 """
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -23,7 +24,7 @@ import keras
 
 from bench.accuracy import test_accuracy
 from bench.common import write_dataset
-from components import configs, demo_weights, fashion_mnist, training, tuning
+from components import configs, demo_weights, fashion_mnist, tfrecords, training, tuning
 
 SPACE = Path(__file__).with_name("tuning-space.yaml")
 # bench.accuracy's recipe as pipeline parameters (the pipeline's defaults for the rest).
@@ -55,7 +56,9 @@ def tune(base: dict, dataset: Path, work: Path, args: argparse.Namespace) -> dic
     space = tuning.load_space(args.search_space)
     dimensions = tuning.parse_space(space, str(args.search_space), tuning.tunable_types())
     rounds = tuning.plan(args.trials, args.rounds, base["epochs"], base["fine_tune_epochs"])
-    print(tuning.describe_budget(rounds), flush=True)
+    steps = math.ceil(tfrecords.read_metadata(dataset)["num_examples"]["train"]
+                      / base["batch_size"])
+    print(tuning.describe_budget(rounds, base["fine_tune_epochs"], steps), flush=True)
     table = tuning.new_table(space, rounds, base["seed"])
     items = tuning.items(tuning.sample(dimensions, args.trials, base["seed"]), 0, rounds[0])
     while items:
@@ -64,7 +67,8 @@ def tune(base: dict, dataset: Path, work: Path, args: argparse.Namespace) -> dic
             started = time.monotonic()
             overrides, parameters = tuning.trial_parameters(base, item)
             histories = training.run_trial(parameters, str(dataset),
-                                           str(work / f"trial-{item['trial']}-{item['round']}"))
+                                           str(work / f"trial-{item['trial']}-{item['round']}"),
+                                           item["train_fraction"])
             keras.backend.clear_session()
             rows.append(tuning.trial_row(item, overrides, *tuning.score(*histories),
                                          time.monotonic() - started))
