@@ -224,6 +224,13 @@ def test_tuned_local_run_trains_with_the_best_trial(tmp_path, e2e_images, capsys
     assert table["trials"][2]["trial"] == round_1[0]["trial"]  # The best third of 2: one.
     best = table["best"]
     assert best == table["trials"][2] and table["complete"]
+    # Round 1 trained on a ninth of the train split (of 8 images a class, 1: 3 images, one
+    # batch of 8 an epoch), round 2 on a third (3 a class: 2 batches), train on all (3).
+    log_1 = (run / "for-loop-1-iteration-0" / "logs" / "tune-trial.log").read_text()
+    log_2 = (run / "for-loop-2-iteration-0" / "logs" / "tune-trial-2.log").read_text()
+    assert "on 11% of the train split" in log_1 and " 1/1 - " in log_1
+    assert "on 33% of the train split" in log_2 and " 2/2 - " in log_2
+    assert " 3/3 - " in (run / "logs" / "train.log").read_text()
     assert set(best["params"]) == {"learning_rate", "fine_tune_layers", "augment_scale"}
     assert set(configs.TUNE_AUGMENT_SCALED) <= set(best["overrides"])
     # The same trials for the same seed: the sample step's draw.
