@@ -31,16 +31,18 @@ def write_subset(dataset_dir: str | Path, out_dir: str | Path, split: str, fract
     dataset_dir's (at least one image each), in one shard; its other splits are
     dataset_dir's own shards (by absolute path). Tuning's early rounds train on it."""
     metadata = read_metadata(dataset_dir)
-    files = shard_files(Path(dataset_dir).resolve(), split, metadata)
+    source = Path(dataset_dir).resolve()
+    files = shard_files(source, split, metadata)
     labels = np.fromiter(tf.data.TFRecordDataset(files).batch(1024).map(
         lambda records: tf.io.parse_example(
             records, {configs.KEY_LABEL: _FEATURES[configs.KEY_LABEL]})[configs.KEY_LABEL]
     ).unbatch().as_numpy_iterator(), dtype=np.int64)
     rng = np.random.default_rng(seed)
-    kept = {int(index) for label in np.unique(labels)
-            for members in [np.flatnonzero(labels == label)]
-            for index in rng.choice(members, max(1, round(len(members) * fraction)),
-                                    replace=False)}
+    kept: set[int] = set()
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        kept.update(rng.choice(members, max(1, round(len(members) * fraction)),
+                               replace=False).tolist())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shard = f"{split}-subset.tfrecord"
@@ -51,8 +53,7 @@ def write_subset(dataset_dir: str | Path, out_dir: str | Path, split: str, fract
     names = metadata["class_names"]
     counts = np.bincount(labels[sorted(kept)], minlength=len(names))
     subset = {**metadata,
-              "shards": {name: ([shard] if name == split else
-                                shard_files(Path(dataset_dir).resolve(), name, metadata))
+              "shards": {name: [shard] if name == split else shard_files(source, name, metadata)
                          for name in metadata["shards"]},
               "num_examples": {**metadata["num_examples"], split: len(kept)},
               "counts": {**metadata["counts"],

@@ -205,6 +205,7 @@ def plan(trials: int, rounds: int, epochs: int, fine_tune_epochs: int,
         count = max(1, math.ceil(count * keep))
     shares = [min(1.0, fraction / keep ** index) for index in range(rounds)]
     work = sum(c * s for c, s in zip(counts, shares))  # Per fine-tune epoch.
+    # The epsilon: a budget met exactly (7.5 / 1.5) must give 5 epochs, not 4.99... -> 4.
     tune = min(fine_tune_epochs, max(1, math.floor(budget * fine_tune_epochs / work + 1e-9)))
     return [Round(c, epochs, tune, float(f"{s:.4g}")) for c, s in zip(counts, shares)]
 
