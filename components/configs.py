@@ -250,8 +250,15 @@ TUNE_TRIALS = 0
 TUNE_ROUNDS = 2
 TUNE_PARALLELISM = 2  # Trials at a time, per round; locally they share the machine's cores.
 # Successive halving: each round keeps this fraction of its trials (at least one) and gives
-# them 1/TUNE_KEEP times the epochs (8 trials, 2 rounds: 8, then the best 3).
+# them 1/TUNE_KEEP times the train images (8 trials, 2 rounds: 8, then the best 3).
 TUNE_KEEP = 1 / 3
+# Round 1's trials train on this seeded per-class share of the train split, each later round
+# on 1/TUNE_KEEP times more, up to all of it (8 trials, 2 rounds: 8 on 1/9, the best 3 on 1/3).
+TUNE_TRAIN_FRACTION = 1 / 9
+# The trials' fine-tune work (trials x share x fine-tune epochs), in untuned runs', which the
+# round plan's fine-tune epochs keep within: fine-tuning is what a trial's time goes on, and
+# the whole tuned run should cost at most about 3 untuned ones.
+TUNE_BUDGET = 1.5
 # Parameters a search space may not name: the trials share the preprocessed dataset (so
 # none of preprocess's), the tuner sets the epochs, and the rest is how, not what, to train.
 TUNE_FIXED = ("backbone", "weights", "epochs", "fine_tune_epochs", "backend",

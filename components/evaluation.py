@@ -227,12 +227,13 @@ def _tuning_section(tuning: dict | None) -> str:
                                                    r["val_loss"], r["trial"]))
     names = list(rows[0]["params"])
     head = "".join(f"<th>{html.escape(n)}</th>" for n in
-                   ["trial", "round", "epochs", *names, "val_accuracy", "seconds"])
+                   ["trial", "round", "epochs", "train share", *names, "val_accuracy",
+                    "seconds"])
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
             row["trial"], row["round"] + 1, f"{row['epochs']}+{row['fine_tune_epochs']}",
-            *(row["params"].get(n, "") for n in names), f"{row['val_accuracy']:.4f}",
-            f"{row['seconds']:.0f}")) + "</tr>" for row in rows)
+            f"{row['train_fraction']:.0%}", *(row["params"].get(n, "") for n in names),
+            f"{row['val_accuracy']:.4f}", f"{row['seconds']:.0f}")) + "</tr>" for row in rows)
     best = tuning["best"]
     plot = plot_tuning(tuning)
     image = f'<img alt="tuning trials" src="{plot}">' if plot else ""

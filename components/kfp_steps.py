@@ -174,8 +174,9 @@ def tune_sample(dataset: Input[Dataset], search_space: str, searchable: dict, tr
     dimensions = tuning.parse_space(space, "(compiled into the pipeline)", searchable)
     rounds_ = tuning.plan(trials, rounds, epochs, fine_tune_epochs)
     metadata = json.loads(Path(dataset.path, configs.METADATA_FILE).read_text())
-    print(tuning.describe_budget(rounds_, math.ceil(metadata["num_examples"]["train"]
-                                                    / batch_size)), flush=True)
+    print(tuning.describe_budget(rounds_, fine_tune_epochs,
+                                 math.ceil(metadata["num_examples"]["train"] / batch_size)),
+          flush=True)
     with open(table.path, "w") as f:
         f.write(tuning.dumps(tuning.new_table(space, rounds_, seed)))
     return tuning.items(tuning.sample(dimensions, trials, seed), 0, rounds_[0])
@@ -210,10 +211,12 @@ def tune_trial(dataset: Input[Dataset], trial: dict, backbone: str, weights: str
     from components import training
 
     print(f"tune: trial {int(trial['trial'])}, round {int(trial['round']) + 1}, "
-          f"{parameters['epochs']}+{parameters['fine_tune_epochs']} epochs: {overrides}",
+          f"{parameters['epochs']}+{parameters['fine_tune_epochs']} epochs on "
+          f"{float(trial['train_fraction']):.0%} of the train split: {overrides}",
           flush=True)
     histories = training.run_trial(parameters, dataset.path,
-                                   training.state_location(result.uri, result.path))
+                                   training.state_location(result.uri, result.path),
+                                   float(trial["train_fraction"]))
     row = tuning.trial_row(trial, overrides, *tuning.score(*histories),
                            time.monotonic() - started)
     with open(result.path, "w") as f:

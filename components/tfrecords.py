@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from components import configs, distributed
@@ -22,6 +23,43 @@ def shard_files(dataset_dir: str | Path, split: str, metadata: dict | None = Non
     """The split's shard paths; pass the metadata when already read."""
     metadata = metadata or read_metadata(dataset_dir)
     return [str(Path(dataset_dir) / name) for name in metadata["shards"][split]]
+
+
+def write_subset(dataset_dir: str | Path, out_dir: str | Path, split: str, fraction: float,
+                 seed: int) -> Path:
+    """A dataset at out_dir whose `split` is a seeded share `fraction` of each class of
+    dataset_dir's (at least one image each), in one shard; its other splits are
+    dataset_dir's own shards (by absolute path). Tuning's early rounds train on it."""
+    metadata = read_metadata(dataset_dir)
+    source = Path(dataset_dir).resolve()
+    files = shard_files(source, split, metadata)
+    labels = np.fromiter(tf.data.TFRecordDataset(files).batch(1024).map(
+        lambda records: tf.io.parse_example(
+            records, {configs.KEY_LABEL: _FEATURES[configs.KEY_LABEL]})[configs.KEY_LABEL]
+    ).unbatch().as_numpy_iterator(), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    kept: set[int] = set()
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        kept.update(rng.choice(members, max(1, round(len(members) * fraction)),
+                               replace=False).tolist())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shard = f"{split}-subset.tfrecord"
+    with tf.io.TFRecordWriter(str(out_dir / shard)) as writer:
+        for index, record in enumerate(tf.data.TFRecordDataset(files).as_numpy_iterator()):
+            if index in kept:
+                writer.write(record)
+    names = metadata["class_names"]
+    counts = np.bincount(labels[sorted(kept)], minlength=len(names))
+    subset = {**metadata,
+              "shards": {name: [shard] if name == split else shard_files(source, name, metadata)
+                         for name in metadata["shards"]},
+              "num_examples": {**metadata["num_examples"], split: len(kept)},
+              "counts": {**metadata["counts"],
+                         split: {n: int(c) for n, c in zip(names, counts)}}}
+    (out_dir / configs.METADATA_FILE).write_text(json.dumps(subset, indent=2))
+    return out_dir
 
 
 def decode_batch(serialized: tf.Tensor, image_size: int,

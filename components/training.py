@@ -533,12 +533,16 @@ def fine_tune_from_parameters(parameters: dict, dataset_dir: str, model_in: str,
                      options, state_dir, tensorboard_dir, parameters["domain_similarity"])
 
 
-def run_trial(parameters: dict, dataset_dir: str, state_dir: str) -> tuple[dict, dict]:
+def run_trial(parameters: dict, dataset_dir: str, state_dir: str,
+              train_fraction: float = 1.0) -> tuple[dict, dict]:
     """One tuning trial: train then fine_tune, as the steps do, with these parameters (the
-    trial's epochs among them); the models stay in a temporary folder. Each phase keeps its
-    resumable state under state_dir, so a retried trial resumes like train does. Returns
-    the two histories."""
+    trial's epochs among them), on a seeded share train_fraction of each class of the train
+    split; the models stay in a temporary folder. Each phase keeps its resumable state under
+    state_dir, so a retried trial resumes like train does. Returns the two histories."""
     with tempfile.TemporaryDirectory(prefix="tlp-trial-") as work:
+        if train_fraction < 1:
+            dataset_dir = str(tfrecords.write_subset(dataset_dir, Path(work, "data"), "train",
+                                                     train_fraction, parameters["seed"]))
         model, history = str(Path(work, "train.keras")), str(Path(work, "train.json"))
         trained = train_from_parameters(parameters, dataset_dir, model, history,
                                         storage.join(state_dir, "train"))

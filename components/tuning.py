@@ -187,47 +187,66 @@ class Round:
     trials: int
     epochs: int  # Of the head (train phase).
     fine_tune_epochs: int
+    train_fraction: float  # The share of the train split its trials train on.
 
 
 def plan(trials: int, rounds: int, epochs: int, fine_tune_epochs: int,
-         keep: float = configs.TUNE_KEEP) -> list[Round]:
-    """Successive halving: each round keeps the best `keep` fraction (at least one trial)
-    and gives the survivors 1/keep times the epochs of the round before, up to the
-    pipeline's own epochs, which the last round reaches for the cheap head phase. Fine-tune
-    epochs, the costly ones, start at 1."""
-    growth = 1 / keep
-    result, count = [], trials
-    for index in range(rounds):
-        head = math.ceil(epochs / growth ** (rounds - 1 - index))
-        tune = min(fine_tune_epochs, round(growth ** index))
-        result.append(Round(count, max(1, min(epochs, head)), tune))
+         keep: float = configs.TUNE_KEEP, fraction: float = configs.TUNE_TRAIN_FRACTION,
+         budget: float = configs.TUNE_BUDGET) -> list[Round]:
+    """Successive halving with data as the resource: each round keeps the best `keep`
+    fraction (at least one trial) and gives the survivors 1/keep times the share of the
+    train split, from `fraction` up to all of it. Every round has the pipeline's head epochs
+    (cheap: on cached features) and the same fine-tune epochs, so that no round favours what
+    learns fast: the most, up to the pipeline's, whose fine-tune work (trials x share x
+    epochs) stays within `budget` untuned runs' (at least one epoch)."""
+    counts, count = [], trials
+    for _ in range(rounds):
+        counts.append(count)
         count = max(1, math.ceil(count * keep))
-    return result
+    shares = [min(1.0, fraction / keep ** index) for index in range(rounds)]
+    work = sum(c * s for c, s in zip(counts, shares))  # Per fine-tune epoch.
+    # The epsilon: a budget met exactly (7.5 / 1.5) must give 5 epochs, not 4.99... -> 4.
+    tune = min(fine_tune_epochs, max(1, math.floor(budget * fine_tune_epochs / work + 1e-9)))
+    return [Round(c, epochs, tune, float(f"{s:.4g}")) for c, s in zip(counts, shares)]
 
 
 def items(configurations: list[dict], round_index: int, round_: Round,
           ids: list[int] | None = None) -> list[dict]:
-    """The ParallelFor items of a round: one per trial, its id, round, epochs and
-    parameters (as sampled)."""
+    """The ParallelFor items of a round: one per trial, its id, round, epochs, share of the
+    train split and parameters (as sampled)."""
     ids = ids if ids is not None else list(range(len(configurations)))
     return [{"trial": trial_id, "round": round_index, "epochs": round_.epochs,
-             "fine_tune_epochs": round_.fine_tune_epochs, "params": config}
+             "fine_tune_epochs": round_.fine_tune_epochs,
+             "train_fraction": round_.train_fraction, "params": config}
             for trial_id, config in zip(ids, configurations)]
 
 
-def describe_budget(rounds: list[Round], steps_per_epoch: int | None = None) -> str:
-    """The trial budget, one line per round, and the total (steps when known)."""
-    lines = []
-    total_epochs = 0
+def fine_tune_work(rounds: list[Round], fine_tune_epochs: int) -> float:
+    """The trials' fine-tune steps over an untuned run's: what dominates tuning's cost."""
+    work = sum(r.trials * r.train_fraction * r.fine_tune_epochs for r in rounds)
+    return work / fine_tune_epochs if fine_tune_epochs else 0.0
+
+
+def describe_budget(rounds: list[Round], fine_tune_epochs: int,
+                    steps_per_epoch: int | None = None) -> str:
+    """The trial budget, one line per round, and the total (steps when known), with the
+    trials' fine-tune work in untuned runs."""
+    lines, total_epochs, total_steps = [], 0, 0
     for index, r in enumerate(rounds):
         total_epochs += r.trials * (r.epochs + r.fine_tune_epochs)
+        if steps_per_epoch:
+            total_steps += (r.trials * (r.epochs + r.fine_tune_epochs)
+                            * math.ceil(steps_per_epoch * r.train_fraction))
         lines.append(f"  round {index + 1}: {r.trials} trial(s) x ({r.epochs} head + "
-                     f"{r.fine_tune_epochs} fine-tune epochs)")
-    steps = (f", about {total_epochs * steps_per_epoch:,} training steps "
-             f"({steps_per_epoch} per epoch)" if steps_per_epoch else "")
+                     f"{r.fine_tune_epochs} fine-tune epochs) on {r.train_fraction:.0%} of "
+                     "the train split")
+    steps = (f", about {total_steps:,} training steps ({steps_per_epoch} per epoch on the "
+             "whole train split)" if steps_per_epoch else "")
     trials = rounds[0].trials if rounds else 0
     return "\n".join([f"tuning: {trials} trials in {len(rounds)} round(s), {total_epochs} "
-                      f"epochs in all{steps}; then the pipeline trains with the best"] + lines)
+                      f"epochs in all{steps}; their fine-tuning costs about "
+                      f"{fine_tune_work(rounds, fine_tune_epochs):.1f} untuned runs' "
+                      "fine-tuning; then the pipeline trains with the best"] + lines)
 
 
 def score(train_history: dict, fine_tune_history: dict) -> tuple[float, float]:
@@ -246,6 +265,7 @@ def trial_row(item: dict, overrides: dict, val_accuracy: float, val_loss: float,
     """One row of the trials table. (kfp.local hands ints in a dict over as floats.)"""
     return {"trial": int(item["trial"]), "round": int(item["round"]),
             "epochs": int(item["epochs"]), "fine_tune_epochs": int(item["fine_tune_epochs"]),
+            "train_fraction": float(item["train_fraction"]),
             "params": item["params"], "overrides": overrides,
             "val_accuracy": float(val_accuracy), "val_loss": float(val_loss),
             "seconds": round(float(seconds), 1)}

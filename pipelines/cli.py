@@ -140,10 +140,9 @@ def tune_options(args: argparse.Namespace, arguments: dict, local: bool):
     if local and data_dir and sources.kind(data_dir) != "tfds" and "://" not in data_dir:
         images = len(sources.list_source(data_dir).entries)
         steps = math.ceil(images * arguments["train_ratio"] / arguments["batch_size"])
-    print(tuning.describe_budget(tuning.plan(options.trials, options.rounds,
-                                             arguments["epochs"],
-                                             arguments["fine_tune_epochs"]), steps),
-          flush=True)
+    rounds = tuning.plan(options.trials, options.rounds, arguments["epochs"],
+                         arguments["fine_tune_epochs"])
+    print(tuning.describe_budget(rounds, arguments["fine_tune_epochs"], steps), flush=True)
     return options
 
 

@@ -252,4 +252,5 @@ def test_the_report_has_a_tuning_section_with_every_trial():
     assert "<h2>Tuning (4 trials)</h2>" in section and 'alt="tuning trials"' in section
     assert "Best: trial 1, val_accuracy 0.8000" in section
     assert section.count("<tr>") == 5  # The header and a row per trial run.
+    assert "<td>2+1</td><td>33%</td>" in section  # Round 2: a third of the train split.
     assert evaluation._tuning_section(None) == ""

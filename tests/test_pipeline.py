@@ -196,8 +196,9 @@ def test_image_size_0_reaches_preprocess_and_the_model_at_the_native_size(tmp_pa
 
 
 def test_tuned_local_run_trains_with_the_best_trial(tmp_path, e2e_images, capsys):
-    """`tlp run --local --tune-trials 3` on tiny data: two rounds (3 trials, then the best
-    one), the best trial's parameters reach train and fine_tune, the trials table, its
+    """`tlp run --local --tune-trials 2` on tiny data: two rounds (2 trials on a ninth of
+    the train split, then the best one on a third), the best trial's parameters reach train
+    and fine_tune, the trials table, its
     Metrics and the report's section exist, and the best configuration is printed and
     written as a config file that `tlp run` takes. (Export held back to keep it short.)"""
     from components import configs, tuning
@@ -210,25 +211,32 @@ def test_tuned_local_run_trains_with_the_best_trial(tmp_path, e2e_images, capsys
                      "augment_scale: {uniform: [0.5, 1.5]}\n")
     arguments = {**E2E_ARGUMENTS, "min_test_accuracy": 1.01}
     assert cli.main(["run", "--local", "--pipeline-root", str(tmp_path / "root"),
-                     "--data-dir", str(e2e_images), "--tune-trials", "3", "--tune-rounds", "2",
+                     "--data-dir", str(e2e_images), "--tune-trials", "2", "--tune-rounds", "2",
                      "--search-space", str(space)]
                     + [f"--{k.replace('_', '-')}={v}" for k, v in arguments.items()]) == 0
     out = capsys.readouterr().out
-    assert "tuning: 3 trials in 2 round(s)" in out and "training steps" in out
+    assert "tuning: 2 trials in 2 round(s)" in out and "training steps" in out
     [run] = (tmp_path / "root").iterdir()
     table = json.loads(next(run.glob("tune-best/tuning")).read_text())
-    assert [(r["round"], r["epochs"], r["fine_tune_epochs"]) for r in table["trials"]] \
-        == [(0, 1, 1)] * 3 + [(1, 1, 1)]
-    round_1 = tuning.ranked(table["trials"][:3])
-    assert table["trials"][3]["trial"] == round_1[0]["trial"]  # The best third of 3: one.
+    assert [(r["round"], r["epochs"], r["fine_tune_epochs"], r["train_fraction"])
+            for r in table["trials"]] == [(0, 1, 1, 0.1111)] * 2 + [(1, 1, 1, 0.3333)]
+    round_1 = tuning.ranked(table["trials"][:2])
+    assert table["trials"][2]["trial"] == round_1[0]["trial"]  # The best third of 2: one.
     best = table["best"]
-    assert best == table["trials"][3] and table["complete"]
+    assert best == table["trials"][2] and table["complete"]
+    # Round 1 trained on a ninth of the train split (of 8 images a class, 1: 3 images, one
+    # batch of 8 an epoch), round 2 on a third (3 a class: 2 batches), train on all (3).
+    log_1 = (run / "for-loop-1-iteration-0" / "logs" / "tune-trial.log").read_text()
+    log_2 = (run / "for-loop-2-iteration-0" / "logs" / "tune-trial-2.log").read_text()
+    assert "on 11% of the train split" in log_1 and " 1/1 - " in log_1
+    assert "on 33% of the train split" in log_2 and " 2/2 - " in log_2
+    assert " 3/3 - " in (run / "logs" / "train.log").read_text()
     assert set(best["params"]) == {"learning_rate", "fine_tune_layers", "augment_scale"}
     assert set(configs.TUNE_AUGMENT_SCALED) <= set(best["overrides"])
     # The same trials for the same seed: the sample step's draw.
     dimensions = tuning.parse_space(tuning.load_space(space), "s", tuning.tunable_types())
-    assert [r["params"] for r in table["trials"][:3]] \
-        == tuning.sample(dimensions, 3, configs.SEED)
+    assert [r["params"] for r in table["trials"][:2]] \
+        == tuning.sample(dimensions, 2, configs.SEED)
 
     def outputs(step):
         return json.loads((run / step / "executor_output.json").read_text())["artifacts"]
@@ -241,7 +249,7 @@ def test_tuned_local_run_trains_with_the_best_trial(tmp_path, e2e_images, capsys
     assert metrics["metadata"]["val_accuracy"] == best["val_accuracy"]
     assert metrics["metadata"]["learning_rate"] == best["overrides"]["learning_rate"]
     report = next(run.glob("evaluate/report")).read_text()
-    assert "<h2>Tuning (4 trials)</h2>" in report and 'alt="tuning trials"' in report
+    assert "<h2>Tuning (3 trials)</h2>" in report and 'alt="tuning trials"' in report
     config = run / configs.TUNED_CONFIG_FILE
     assert f"reuse it:      tlp run --local --config {config}" in out
     written = yaml.safe_load(config.read_text())

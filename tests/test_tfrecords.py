@@ -112,3 +112,32 @@ def test_unknown_image_format_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="image_format='png'; choose one of jpeg, raw"):
         images.EncodeOptions(32, image_format="png")
+
+
+def test_a_subset_keeps_a_seeded_share_of_each_class_and_shares_the_other_splits(
+        tmp_path, tiny_dataset):
+    def labels(dataset, split):
+        return sorted(int(label) for _, batch in tfrecords.load_split(
+            dataset, split, 4, training=False) for label in batch.numpy())
+
+    full = tfrecords.read_metadata(tiny_dataset)
+    subset = tfrecords.write_subset(tiny_dataset, tmp_path / "a", "train", 0.5, seed=1)
+    metadata = tfrecords.read_metadata(subset)
+    # 6 train images a class: 3 each; never fewer than one.
+    assert list(metadata["counts"]["train"].values()) == [3, 3, 3]
+    assert metadata["num_examples"]["train"] == 9
+    assert labels(subset, "train") == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for split in ("validation", "test"):
+        assert labels(subset, split) == labels(tiny_dataset, split)
+        assert metadata["counts"][split] == full["counts"][split]
+    tiny = tfrecords.write_subset(tiny_dataset, tmp_path / "b", "train", 0.01, seed=1)
+    assert list(tfrecords.read_metadata(tiny)["counts"]["train"].values()) == [1, 1, 1]
+
+    def records(dataset):
+        return [r.numpy() for r in tf.data.TFRecordDataset(
+            tfrecords.shard_files(dataset, "train"))]
+
+    again = tfrecords.write_subset(tiny_dataset, tmp_path / "c", "train", 0.5, seed=1)
+    other = tfrecords.write_subset(tiny_dataset, tmp_path / "d", "train", 0.5, seed=2)
+    assert records(again) == records(subset) != records(other)
+    assert set(records(subset)) <= set(records(tiny_dataset))

@@ -50,19 +50,41 @@ def test_integer_ranges_draw_integers_and_choices_take_the_parameter_type():
         assert config["fine_tune_layers"] in ("10", "all")
 
 
-def test_the_plan_keeps_a_third_and_gives_survivors_three_times_the_epochs():
+def test_the_plan_keeps_a_third_and_gives_survivors_three_times_the_data():
     assert tuning.plan(8, 2, epochs=10, fine_tune_epochs=5) == [
-        tuning.Round(8, 4, 1), tuning.Round(3, 10, 3)]
+        tuning.Round(8, 10, 3, 0.1111), tuning.Round(3, 10, 3, 0.3333)]
     assert tuning.plan(9, 3, epochs=9, fine_tune_epochs=9) == [
-        tuning.Round(9, 1, 1), tuning.Round(3, 3, 3), tuning.Round(1, 9, 9)]
+        tuning.Round(9, 9, 4, 0.1111), tuning.Round(3, 9, 4, 0.3333),
+        tuning.Round(1, 9, 4, 1.0)]
     assert tuning.plan(2, 2, epochs=1, fine_tune_epochs=0) == [
-        tuning.Round(2, 1, 0), tuning.Round(1, 1, 0)]
-    budget = tuning.describe_budget(tuning.plan(8, 2, 10, 5), steps_per_epoch=25)
+        tuning.Round(2, 1, 0, 0.1111), tuning.Round(1, 1, 0, 0.3333)]
+    # A budget too small for one fine-tune epoch still gets one; none past the pipeline's.
+    assert tuning.plan(30, 2, 10, 5)[0].fine_tune_epochs == 1
+    assert tuning.plan(2, 2, 10, 2, fraction=0.1)[0].fine_tune_epochs == 2
+
+
+@pytest.mark.parametrize("trials,rounds,fine_tune_epochs", [
+    (8, 2, 5), (8, 3, 5), (12, 2, 5), (4, 2, 10), (16, 3, 3), (9, 2, 1)])
+def test_the_trials_fine_tuning_stays_within_the_budget(trials, rounds, fine_tune_epochs):
+    plan = tuning.plan(trials, rounds, 10, fine_tune_epochs)
+    assert len({r.fine_tune_epochs for r in plan}) == 1  # No round favours fast learners.
+    work = tuning.fine_tune_work(plan, fine_tune_epochs)
+    assert work <= configs.TUNE_BUDGET or plan[0].fine_tune_epochs == 1
+    # The most epochs that fit: one more would not.
+    if plan[0].fine_tune_epochs < fine_tune_epochs:
+        assert work * (plan[0].fine_tune_epochs + 1) / plan[0].fine_tune_epochs \
+            > configs.TUNE_BUDGET
+
+
+def test_the_budget_counts_steps_on_each_round_s_share_of_the_data():
+    budget = tuning.describe_budget(tuning.plan(8, 2, 10, 5), 5, steps_per_epoch=90)
+    # 8 x 13 epochs x 10 steps (1/9 of 90), 3 x 13 x 30 (1/3): 1,040 + 1,170.
     assert budget.splitlines() == [
-        "tuning: 8 trials in 2 round(s), 79 epochs in all, about 1,975 training steps "
-        "(25 per epoch); then the pipeline trains with the best",
-        "  round 1: 8 trial(s) x (4 head + 1 fine-tune epochs)",
-        "  round 2: 3 trial(s) x (10 head + 3 fine-tune epochs)"]
+        "tuning: 8 trials in 2 round(s), 143 epochs in all, about 2,210 training steps "
+        "(90 per epoch on the whole train split); their fine-tuning costs about 1.1 "
+        "untuned runs' fine-tuning; then the pipeline trains with the best",
+        "  round 1: 8 trial(s) x (10 head + 3 fine-tune epochs) on 11% of the train split",
+        "  round 2: 3 trial(s) x (10 head + 3 fine-tune epochs) on 33% of the train split"]
 
 
 def row(item: dict, accuracy: float, loss: float = 1.0) -> dict:
@@ -80,8 +102,8 @@ def test_each_round_keeps_the_right_trials_and_the_last_names_the_best():
     table, survivors = tuning.select(table, [row(item, a, l) for item, a, l
                                              in zip(first, accuracies, losses)])
     assert [s["trial"] for s in survivors] == [5, 2, 6]
-    assert all((s["round"], s["epochs"], s["fine_tune_epochs"]) == (1, 10, 3)
-               for s in survivors)
+    assert all((s["round"], s["epochs"], s["fine_tune_epochs"], s["train_fraction"])
+               == (1, 10, 3, 0.3333) for s in survivors)
     assert [s["params"] for s in survivors] == [configs_[5], configs_[2], configs_[6]]
     assert not table["complete"] and len(table["trials"]) == 8
     # With more epochs trial 2 overtakes trial 5: the last round decides.
