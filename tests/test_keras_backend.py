@@ -23,7 +23,8 @@ dataset, weights, out = sys.argv[1:]
 arguments = {name: spec.default for name, spec in
              create_pipeline().component_spec.inputs.items() if spec.default is not None}
 arguments.update(weights=weights, backend="jax", epochs=2, fine_tune_epochs=1,
-                 fine_tune_layers="10", batch_size=8, steps_per_execution=2)
+                 fine_tune_layers="10", batch_size=8, steps_per_execution=2,
+                 run_id="run", task_name="task")  # KFP's placeholders.
 
 
 def run(step, **artifacts):
@@ -72,7 +73,8 @@ def test_jax_trained_model_evaluates_and_exports_on_tensorflow(tmp_path, tiny_da
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Keras backend jax" in result.stdout
     jax_run = json.loads(result.stdout.strip().splitlines()[-1])
-    assert jax_run["backend"] == "jax" and jax_run["metadata"] == {"backend": "jax"}
+    assert jax_run["backend"] == "jax"
+    assert jax_run["metadata"] == {"backend": "jax", "train_nodes": 1, "tuned": {}}
     assert keras.backend.backend() == "tensorflow"
     model = keras.models.load_model(jax_run["model"])
     images = next(iter(tfrecords.load_split(tiny_dataset, "test", 64, training=False)))[0]
