@@ -17,6 +17,7 @@ Every result depends on the files only, never on the number of workers, chunks o
 """
 import contextlib
 import functools
+import gc
 import hashlib
 import json
 import math
@@ -26,7 +27,8 @@ import random
 import shutil
 import tempfile
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,9 +114,22 @@ def _parallel_map(task, items: list, num_workers: int):
         yield from map(task, items)
         return
     # fork: workers start at once and, unlike spawn, do not re-import the main module (and
-    # with it TensorFlow) each. They never run TensorFlow, so a parent's threads are harmless.
-    with multiprocessing.get_context("fork").Pool(num_workers) as pool:
-        yield from pool.imap(task, items)
+    # with it TensorFlow) each. They never run TensorFlow, so a parent's threads are harmless,
+    # but a child's garbage collector could free objects inherited from a parent that has
+    # (TensorFlow's finalizers then crash the child): gc.freeze() hides them from it. A worker
+    # that dies anyway breaks the executor, which raises (a multiprocessing.Pool would wait).
+    with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        gc.collect()
+        gc.freeze()
+        try:
+            results = pool.map(task, items)  # Forks all the workers at the first task.
+        finally:
+            gc.unfreeze()
+        try:
+            yield from results
+        except BrokenProcessPool as error:
+            raise TlpError(f"a preprocess worker process died ({error}). Out of memory? Run "
+                           "with --num-workers 1 to see the error in this process.") from error
 
 
 def _encode_chunk(task: tuple[str, list[SourceFile]],

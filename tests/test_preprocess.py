@@ -193,6 +193,18 @@ def test_workers_produce_identical_output_and_reruns_are_idempotent(tmp_path, im
         assert (tmp_path / "one" / "out" / name).read_bytes() == (out / name).read_bytes()
 
 
+def _die_on_three(item: int) -> int:
+    if item == 3:
+        os._exit(1)  # What the kernel's out-of-memory killer leaves: no exception, no result.
+    return item
+
+
+def test_a_worker_that_dies_fails_the_step_instead_of_hanging():
+    assert list(preprocess._parallel_map(_die_on_three, [0, 1, 2], 2)) == [0, 1, 2]
+    with pytest.raises(TlpError, match="worker process died.*--num-workers 1"):
+        list(preprocess._parallel_map(_die_on_three, list(range(6)), 2))
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".bmp", ".gif", ".webp"])
 def test_reads_every_supported_format(tmp_path, suffix):
     data = make_image_folder(tmp_path / "images", {"red": 5, "blue": 5}, suffix=suffix)

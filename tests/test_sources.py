@@ -1,7 +1,6 @@
 """Every kind of source: local folders, CSV and Parquet listings, TFDS datasets."""
 import csv
 import io
-import multiprocessing
 import os
 from collections import Counter
 
@@ -260,8 +259,7 @@ def test_forked_workers_read_objects_intact_after_the_parent_used_the_client(buc
         storage.write_bytes(uri, data)
     for _ in range(4):
         uris = storage.list_files(f"{bucket}/o")  # The parent's client holds a connection.
-        with multiprocessing.get_context("fork").Pool(4) as pool:
-            assert pool.map(sources.read, uris, chunksize=1) == [blobs[u] for u in uris]
+        assert list(preprocess._parallel_map(sources.read, uris, 4)) == [blobs[u] for u in uris]
 
 
 def test_a_listing_naming_a_fifo_or_a_folder_rejects_them_without_blocking(tmp_path):
