@@ -60,11 +60,13 @@ def tune(base: dict, dataset: Path, work: Path, args: argparse.Namespace) -> dic
                       / base["batch_size"])
     print(tuning.describe_budget(rounds, base["fine_tune_epochs"], steps), flush=True)
     table = tuning.new_table(space, rounds, base["seed"])
-    items = tuning.items(tuning.sample(dimensions, args.trials, base["seed"]), 0, rounds[0])
+    items = tuning.items(tuning.configurations(dimensions, args.trials, base["seed"]), 0,
+                         rounds[0])
     while items:
         rows = []
         for item in items:
             started = time.monotonic()
+            item = tuning.resolve(item, base)
             overrides, parameters = tuning.trial_parameters(base, item)
             histories = training.run_trial(parameters, str(dataset),
                                            str(work / f"trial-{item['trial']}-{item['round']}"),

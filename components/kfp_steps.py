@@ -179,7 +179,7 @@ def tune_sample(dataset: Input[Dataset], search_space: str, searchable: dict, tr
           flush=True)
     with open(table.path, "w") as f:
         f.write(tuning.dumps(tuning.new_table(space, rounds_, seed)))
-    return tuning.items(tuning.sample(dimensions, trials, seed), 0, rounds_[0])
+    return tuning.items(tuning.configurations(dimensions, trials, seed), 0, rounds_[0])
 
 
 @gpu_component
@@ -206,6 +206,7 @@ def tune_trial(dataset: Input[Dataset], trial: dict, backbone: str, weights: str
 
     started = time.monotonic()
     base = dict(locals())
+    trial = tuning.resolve(trial, base)
     overrides, parameters = tuning.trial_parameters(base, trial)
     keras_backend.select(backend)  # Before anything imports keras.
     from components import training

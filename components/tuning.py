@@ -7,12 +7,13 @@ the sample and select steps import it without TensorFlow.
 """
 import json
 import math
-import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
+from scipy.stats import qmc
 
 from components import configs
 from components.errors import TlpError
@@ -29,12 +30,13 @@ class Dimension:
     values: tuple
     type: str  # The parameter's KFP type: Float, Integer, String or Boolean.
 
-    def draw(self, rng: random.Random):
+    def at(self, unit: float):
+        """The value at quantile unit (in [0, 1)) of the dimension's distribution."""
         if self.kind == "choice":
-            return self.values[rng.randrange(len(self.values))]
+            return self.values[min(len(self.values) - 1, math.floor(unit * len(self.values)))]
         low, high = self.values
-        value = (math.exp(rng.uniform(math.log(low), math.log(high)))
-                 if self.kind == "log_uniform" else rng.uniform(low, high))
+        value = (math.exp(math.log(low) + unit * (math.log(high) - math.log(low)))
+                 if self.kind == "log_uniform" else low + unit * (high - low))
         if self.type == "Integer":  # The nearest integer inside the range.
             return min(math.floor(high), max(math.ceil(low), round(value)))
         return float(f"{value:.4g}")  # 4 significant digits read well in a table.
@@ -147,9 +149,31 @@ def load_space(path: str | Path | None) -> dict:
 
 
 def sample(dimensions: dict[str, Dimension], trials: int, seed: int) -> list[dict]:
-    """trials configurations, each {parameter: value}; the same for the same seed."""
-    rng = random.Random(f"tlp-tune-{seed}")  # A string seed hashes the same everywhere.
-    return [{name: dim.draw(rng) for name, dim in dimensions.items()} for _ in range(trials)]
+    """trials configurations, each {parameter: value}; the same for the same seed. Latin
+    hypercube: each dimension's range is cut into `trials` equally likely strata and every
+    stratum drawn once, so that a few trials still span each range (and every choice of up
+    to `trials` choices), as independent draws often do not."""
+    if trials < 1:
+        return []
+    unit = qmc.LatinHypercube(d=len(dimensions), rng=np.random.default_rng(seed))
+    return [{name: dim.at(float(u)) for (name, dim), u in zip(dimensions.items(), point)}
+            for point in unit.random(trials)]
+
+
+def configurations(dimensions: dict[str, Dimension], trials: int, seed: int) -> list[dict]:
+    """The first round's trials: trial 0 the pipeline's own configuration (each searched
+    parameter None, the value the pipeline sets, which only the trial step knows), so tuning
+    never ends below the untuned run on validation; the others sampled."""
+    return [dict.fromkeys(dimensions)] + sample(dimensions, trials - 1, seed)
+
+
+def resolve(item: dict, base: dict) -> dict:
+    """item with the parameters it leaves to the pipeline (its "configured" list) set to
+    base's values (configs.TUNE_AUGMENT_SCALE: 1, the configured strengths)."""
+    configured = {name: 1.0 if name == configs.TUNE_AUGMENT_SCALE else base[name]
+                  for name in item.get("configured", [])}
+    params = {**configured, **item["params"]}
+    return {**item, "params": {name: params[name] for name in sorted(params)}}
 
 
 def expand(config: dict, base: dict) -> dict:
@@ -213,12 +237,19 @@ def plan(trials: int, rounds: int, epochs: int, fine_tune_epochs: int,
 def items(configurations: list[dict], round_index: int, round_: Round,
           ids: list[int] | None = None) -> list[dict]:
     """The ParallelFor items of a round: one per trial, its id, round, epochs, share of the
-    train split and parameters (as sampled)."""
+    train split and parameters (as sampled; those left to the pipeline, None, listed as
+    "configured": KFP passes no None between tasks)."""
     ids = ids if ids is not None else list(range(len(configurations)))
-    return [{"trial": trial_id, "round": round_index, "epochs": round_.epochs,
-             "fine_tune_epochs": round_.fine_tune_epochs,
-             "train_fraction": round_.train_fraction, "params": config}
-            for trial_id, config in zip(ids, configurations)]
+
+    def item(trial_id: int, config: dict) -> dict:
+        entry = {"trial": trial_id, "round": round_index, "epochs": round_.epochs,
+                 "fine_tune_epochs": round_.fine_tune_epochs,
+                 "train_fraction": round_.train_fraction,
+                 "params": {k: v for k, v in config.items() if v is not None}}
+        configured = [name for name, value in config.items() if value is None]
+        return {**entry, "configured": configured} if configured else entry
+
+    return [item(trial_id, config) for trial_id, config in zip(ids, configurations)]
 
 
 def fine_tune_work(rounds: list[Round], fine_tune_epochs: int) -> float:
@@ -321,9 +352,10 @@ def print_round(results: list[dict], kept: int) -> None:
     for rank, row in enumerate(ranked(results)):
         params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
         mark = "kept" if rank < kept else "    "
+        configured = " (the pipeline's configuration)" if row["trial"] == 0 else ""
         print(f"tune: {mark} trial {row['trial']:>2} round {row['round'] + 1} val_accuracy "
               f"{row['val_accuracy']:.4f} val_loss {row['val_loss']:.4f} "
-              f"{row['seconds']:.0f} s  {params}", flush=True)
+              f"{row['seconds']:.0f} s  {params}{configured}", flush=True)
 
 
 def best_metrics(best: dict) -> dict[str, float]:

@@ -416,12 +416,12 @@ def _add_tune_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "tuning (fixed when the pipeline is built: they shape its DAG; README: Tuning)")
     group.add_argument("--tune-trials", type=int, default=configs.TUNE_TRIALS, metavar="N",
-                       help="tune first: N trials drawn from the search space, in rounds of "
-                            "successive halving, then train with the best; 0: no tuning "
-                            "[%(default)s]")
+                       help="tune first: N trials (the run's own configuration and N-1 "
+                            "drawn from the search space) in rounds of successive halving, "
+                            "then train with the best; 0: no tuning [%(default)s]")
     group.add_argument("--tune-rounds", type=int, default=configs.TUNE_ROUNDS, metavar="R",
                        help="rounds; each keeps the best third of the trials and gives them "
-                            "3x the epochs [%(default)s]")
+                            "3x the share of the train split [%(default)s]")
     group.add_argument("--tune-parallelism", type=int, default=configs.TUNE_PARALLELISM,
                        metavar="P", help="trials running at once in a round [%(default)s]")
     group.add_argument("--search-space", type=Path, metavar="FILE",

@@ -270,10 +270,11 @@ class TuneOptions:
     source: str = "(the default)"  # Where the space came from, for messages: its file.
 
     def __post_init__(self):
-        if self.trials < 0 or self.rounds < 1 or self.parallelism < 1:
+        if self.trials < 0 or self.trials == 1 or self.rounds < 1 or self.parallelism < 1:
             raise TlpError(f"tune trials {self.trials}, rounds {self.rounds}, parallelism "
-                           f"{self.parallelism}: trials must be 0 (off) or more, rounds and "
-                           "parallelism 1 or more.")
+                           f"{self.parallelism}: trials must be 0 (off) or 2 or more (trial 0 "
+                           "is the pipeline's own configuration), rounds and parallelism 1 "
+                           "or more.")
         if self.trials:
             parse_space(self.space, self.source, tunable_types())
 

@@ -1,5 +1,7 @@
 """Tuning's logic (components/tuning.py): the search space and its errors, seeded sampling,
 the round plan, successive-halving selection; and the CLI's checks before any work."""
+import math
+
 import pytest
 
 from components import configs, tuning
@@ -29,9 +31,31 @@ def test_sampling_is_deterministic_for_a_seed_and_stays_in_the_space():
         assert 1e-4 <= config["learning_rate"] <= 1e-2
         assert 0 <= config["dropout"] <= 0.5
         assert config["fine_tune_layers"] in ("10", "30", "60", "100")
-    # Log-uniform: about as many draws below the range's geometric middle as above it.
-    rates = [c["learning_rate"] for c in tuning.sample(dimensions, 400, seed=1)]
-    assert 150 < sum(rate < 1e-3 for rate in rates) < 250
+    # Latin hypercube: each of 8 equally likely strata of every range is drawn once (on a
+    # log scale for log-uniform ranges), and 8 draws take each of the 4 choices.
+    rates = sorted(math.log10(c["learning_rate"]) for c in first)  # In [-4, -2].
+    assert [math.floor((rate + 4) / 2 * 8) for rate in rates] == list(range(8))
+    assert sorted(math.floor(c["dropout"] / 0.5 * 8) for c in first) == list(range(8))
+    assert {c["fine_tune_layers"] for c in first} == {"10", "30", "60", "100"}
+
+
+def test_trial_0_is_the_pipeline_s_configuration_and_the_others_are_drawn():
+    dimensions = default_dimensions()
+    trials = tuning.configurations(dimensions, 8, seed=42)
+    assert trials[0] == dict.fromkeys(configs.TUNE_SEARCH_SPACE)
+    assert trials[1:] == tuning.sample(dimensions, 7, seed=42)
+    base = {"learning_rate": 0.003, "fine_tune_layers": "all", "dropout": 0.2,
+            "fine_tune_learning_rate": 2e-5, "augment_rotation": 0.1, "augment_zoom": 0.2,
+            "augment_translation": 0.1, "augment_contrast": 0.2, "augment_brightness": 0.2,
+            "epochs": 9, "fine_tune_epochs": 4}
+    item = tuning.resolve(tuning.items(trials, 0, tuning.Round(8, 1, 1, 0.5))[0], base)
+    assert item["params"] == {"learning_rate": 0.003, "fine_tune_layers": "all",
+                              "dropout": 0.2, "fine_tune_learning_rate": 2e-5,
+                              "augment_scale": 1.0}
+    overrides, parameters = tuning.trial_parameters(base, item)
+    assert parameters == {**base, "epochs": 1, "fine_tune_epochs": 1}
+    drawn = tuning.items(trials, 0, tuning.Round(8, 1, 1, 0.5))[1]
+    assert tuning.resolve(drawn, base) == drawn
 
 
 def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
@@ -182,6 +206,8 @@ def test_search_space_without_trials_and_bad_counts_are_refused(tmp_path, capsys
     assert cli.main(["compile", "-o", str(out), "--tune-trials", "4", "--tune-rounds",
                      "0"]) == 2
     assert "rounds and parallelism 1 or more" in capsys.readouterr().err
+    assert cli.main(["compile", "-o", str(out), "--tune-trials", "1"]) == 2
+    assert "2 or more (trial 0 is the pipeline's own configuration)" in capsys.readouterr().err
     assert cli.main(["compile", "-o", str(out), "--tune-trials", "4", "--search-space",
                      str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml does not exist" in capsys.readouterr().err
