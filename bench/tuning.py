@@ -56,8 +56,8 @@ def tune(base: dict, dataset: Path, work: Path, args: argparse.Namespace) -> dic
     space = tuning.load_space(args.search_space)
     dimensions = tuning.parse_space(space, str(args.search_space), tuning.tunable_types())
     rounds = tuning.plan(args.trials, args.rounds, base["epochs"], base["fine_tune_epochs"])
-    steps = math.ceil(tfrecords.read_metadata(dataset)["num_examples"]["train"]
-                      / base["batch_size"])
+    examples = tfrecords.read_metadata(dataset)["num_examples"]
+    steps, validation = math.ceil(examples["train"] / base["batch_size"]), examples["validation"]
     print(tuning.describe_budget(rounds, base["fine_tune_epochs"], steps), flush=True)
     table = tuning.new_table(space, rounds, base["seed"])
     items = tuning.items(tuning.configurations(dimensions, args.trials, base["seed"]), 0,
@@ -73,9 +73,9 @@ def tune(base: dict, dataset: Path, work: Path, args: argparse.Namespace) -> dic
                                            item["train_fraction"])
             keras.backend.clear_session()
             rows.append(tuning.trial_row(item, overrides, *tuning.score(*histories),
-                                         time.monotonic() - started))
+                                         time.monotonic() - started, validation))
         table, items = tuning.select(table, rows)
-        tuning.print_round(rows, len(items) or 1)
+        tuning.print_selection(table, rows, len(items) or 1)
     return table
 
 

@@ -240,7 +240,7 @@ def _tuning_section(tuning: dict | None) -> str:
     return (f"<h2>Tuning ({len(rows)} trials)</h2>\n<p>Best: trial {best['trial']}, "
             f"val_accuracy {best['val_accuracy']:.4f}: "
             f"{html.escape(json.dumps(best['overrides']))}; the model above was trained "
-            f"with it.</p>\n{image}\n<table><tr>{head}</tr>{body}</table>")
+            f"with it. {html.escape(tuning['best_note'])}</p>\n{image}\n<table><tr>{head}</tr>{body}</table>")
 
 
 def _table_row(name: str, values: dict, support) -> str:

@@ -209,7 +209,7 @@ def tune_trial(dataset: Input[Dataset], trial: dict, backbone: str, weights: str
     trial = tuning.resolve(trial, base)
     overrides, parameters = tuning.trial_parameters(base, trial)
     keras_backend.select(backend)  # Before anything imports keras.
-    from components import training
+    from components import tfrecords, training
 
     print(f"tune: trial {int(trial['trial'])}, round {int(trial['round']) + 1}, "
           f"{parameters['epochs']}+{parameters['fine_tune_epochs']} epochs on "
@@ -219,7 +219,8 @@ def tune_trial(dataset: Input[Dataset], trial: dict, backbone: str, weights: str
                                    training.state_location(result.uri, result.path),
                                    float(trial["train_fraction"]))
     row = tuning.trial_row(trial, overrides, *tuning.score(*histories),
-                           time.monotonic() - started)
+                           time.monotonic() - started,
+                           tfrecords.read_metadata(dataset.path)["num_examples"]["validation"])
     with open(result.path, "w") as f:
         json.dump(row, f)
     result.metadata.update({k: row[k] for k in ("trial", "round", "val_accuracy")})

@@ -292,14 +292,14 @@ def score(train_history: dict, fine_tune_history: dict) -> tuple[float, float]:
 
 
 def trial_row(item: dict, overrides: dict, val_accuracy: float, val_loss: float,
-              seconds: float) -> dict:
+              seconds: float, val_examples: int) -> dict:
     """One row of the trials table. (kfp.local hands ints in a dict over as floats.)"""
     return {"trial": int(item["trial"]), "round": int(item["round"]),
             "epochs": int(item["epochs"]), "fine_tune_epochs": int(item["fine_tune_epochs"]),
             "train_fraction": float(item["train_fraction"]),
             "params": item["params"], "overrides": overrides,
             "val_accuracy": float(val_accuracy), "val_loss": float(val_loss),
-            "seconds": round(float(seconds), 1)}
+            "val_examples": int(val_examples), "seconds": round(float(seconds), 1)}
 
 
 def ranked(rows: list[dict]) -> list[dict]:
@@ -307,9 +307,27 @@ def ranked(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["trial"]))
 
 
+def best_of(rows: list[dict]) -> tuple[dict, str]:
+    """A round's best: its top-ranked trial, unless the run's own configuration (trial 0)
+    is among the rows and the top one beats its val accuracy by no more than one standard
+    error (binomial, on the validation images): a gain within the validation split's noise
+    is no reason to leave the configuration the user chose. Returns the row and, when
+    trial 0 is kept so, why."""
+    top = ranked(rows)[0]
+    configured = next((row for row in rows if row["trial"] == 0), top)
+    accuracy, examples = configured["val_accuracy"], configured["val_examples"]
+    error = math.sqrt(accuracy * (1 - accuracy) / examples)
+    gain = top["val_accuracy"] - accuracy
+    if top is configured or gain > error:
+        return top, ""
+    return configured, (f"trial {top['trial']} beats the run's own configuration (trial 0) by "
+                        f"{gain:.4f} val accuracy, within one standard error ({error:.4f} on "
+                        f"{examples:,} validation images): the configuration stays")
+
+
 def new_table(space: dict, rounds: list[Round], seed: int) -> dict:
     return {"space": space, "seed": seed, "plan": [asdict(r) for r in rounds],
-            "trials": [], "complete": False, "best": None}
+            "trials": [], "complete": False, "best": None, "best_note": ""}
 
 
 def select(table: dict, results: list[dict]) -> tuple[dict, list[dict]]:
@@ -322,7 +340,7 @@ def select(table: dict, results: list[dict]) -> tuple[dict, list[dict]]:
     round_index = int(results[0]["round"])
     order = ranked(results)
     plan_ = [Round(**r) for r in table["plan"]]
-    table["best"] = order[0]
+    table["best"], table["best_note"] = best_of(results)
     if round_index + 1 >= len(plan_):
         table["complete"] = True
         return table, []
@@ -338,13 +356,21 @@ def finish_round(result_paths: list[str], table_path: str, out_path: str
     prints the round, writes the updated table; returns it and the next round's items."""
     rows = [json.loads(Path(path).read_text()) for path in result_paths]
     table, survivors = select(json.loads(Path(table_path).read_text()), rows)
-    print_round(rows, len(survivors) or 1)
+    print_selection(table, rows, len(survivors) or 1)
+    Path(out_path).write_text(dumps(table))
+    return table, survivors
+
+
+def print_selection(table: dict, results: list[dict], kept: int) -> None:
+    """A round's trials, why the configuration stays if it does, and the best after the
+    last round."""
+    print_round(results, kept)
+    if table["best_note"]:
+        print(f"tune: {table['best_note']}", flush=True)
     if table["complete"]:
         best = table["best"]
         print(f"tune: best trial {best['trial']}: val_accuracy {best['val_accuracy']:.4f}, "
               f"{best['overrides']}", flush=True)
-    Path(out_path).write_text(dumps(table))
-    return table, survivors
 
 
 def print_round(results: list[dict], kept: int) -> None:

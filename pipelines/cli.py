@@ -187,6 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         best = result.tuning["best"]
         print(f"  tuning:        best of {len(result.tuning['trials'])} trial runs: trial "
               f"{best['trial']}, val_accuracy {best['val_accuracy']:.4f}")
+        if result.tuning["best_note"]:
+            print(f"                 ({result.tuning['best_note']})")
         for name, value in best["overrides"].items():
             print(f"                   {name}: {value}")
         print(f"  reuse it:      tlp run --local --config {write_tuned_config(result, arguments)}"

@@ -244,10 +244,10 @@ def test_the_report_has_a_tuning_section_with_every_trial():
     table = tuning.new_table({"learning_rate": {"log_uniform": [1e-4, 1e-2]}}, rounds, 1)
     first = tuning.items([{"learning_rate": 1e-3}, {"learning_rate": 5e-3},
                           {"learning_rate": 2e-4}], 0, rounds[0])
-    table, survivors = tuning.select(table, [tuning.trial_row(item, item["params"], a, 1.0, 3)
+    table, survivors = tuning.select(table, [tuning.trial_row(item, item["params"], a, 1.0, 3, 100)
                                              for item, a in zip(first, (0.5, 0.7, 0.6))])
     table, _ = tuning.select(table, [tuning.trial_row(survivors[0], survivors[0]["params"],
-                                                      0.8, 0.5, 6)])
+                                                      0.8, 0.5, 6, 100)])
     section = evaluation._tuning_section(table)
     assert "<h2>Tuning (4 trials)</h2>" in section and 'alt="tuning trials"' in section
     assert "Best: trial 1, val_accuracy 0.8000" in section

@@ -112,7 +112,22 @@ def test_the_budget_counts_steps_on_each_round_s_share_of_the_data():
 
 
 def row(item: dict, accuracy: float, loss: float = 1.0) -> dict:
-    return tuning.trial_row(item, item["params"], accuracy, loss, seconds=2.0)
+    return tuning.trial_row(item, item["params"], accuracy, loss, seconds=2.0,
+                            val_examples=1000)
+
+
+@pytest.mark.parametrize("drawn_accuracy, best", [(0.85, 0), (0.86, 3), (0.79, 0)])
+def test_a_trial_replaces_the_configuration_only_beyond_the_noise(drawn_accuracy, best):
+    """On 1,000 validation images an accuracy of 0.84 has a standard error of 0.0116: 0.85
+    is within it, 0.86 beyond."""
+    rounds = tuning.plan(2, 1, epochs=1, fine_tune_epochs=1)
+    first = tuning.items([{"learning_rate": 1e-3}] * 4, 0, rounds[0])
+    table = tuning.new_table({"learning_rate": {"log_uniform": [1e-4, 1e-2]}}, rounds, 1)
+    table, _ = tuning.select(table, [row(item, accuracy) for item, accuracy
+                                     in zip(first, (0.84, 0.5, 0.6, drawn_accuracy))])
+    assert table["complete"] and table["best"]["trial"] == best
+    assert ("within one standard error (0.0116 on 1,000 validation images)"
+            in table["best_note"]) == (drawn_accuracy == 0.85)
 
 
 def test_each_round_keeps_the_right_trials_and_the_last_names_the_best():
