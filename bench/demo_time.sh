@@ -17,6 +17,8 @@ for which in old new new old; do
   accuracy=$(grep -o "test accuracy: [0-9.]*" "$logs/$which.log" | tail -1)
   printf '%s %s: %.1f s, %s, load %s\n' "$which" "$dir" "$seconds" "$accuracy" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
-  grep -E "^[a-z-]+ +done" "$logs/$which.log" | tr -s ' ' | paste -sd ';' | sed 's/^/  /'
+  # Each step's seconds, as this code's progress lines give them (older code has none).
+  steps=$(grep -E "^[a-z-]+ +done" "$logs/$which.log" | tr -s ' ' | paste -sd ';' || true)
+  if [ -n "$steps" ]; then echo "  $steps"; fi
 done
 echo "logs: $logs"
