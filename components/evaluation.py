@@ -235,12 +235,13 @@ def _tuning_section(tuning: dict | None) -> str:
             f"{row['train_fraction']:.0%}", *(row["params"].get(n, "") for n in names),
             f"{row['val_accuracy']:.4f}", f"{row['seconds']:.0f}")) + "</tr>" for row in rows)
     best = tuning["best"]
+    note = f" {html.escape(tuning['best_note'])}" if tuning["best_note"] else ""
     plot = plot_tuning(tuning)
     image = f'<img alt="tuning trials" src="{plot}">' if plot else ""
     return (f"<h2>Tuning ({len(rows)} trials)</h2>\n<p>Best: trial {best['trial']}, "
             f"val_accuracy {best['val_accuracy']:.4f}: "
             f"{html.escape(json.dumps(best['overrides']))}; the model above was trained "
-            f"with it. {html.escape(tuning['best_note'])}</p>\n{image}\n<table><tr>{head}</tr>{body}</table>")
+            f"with it.{note}</p>\n{image}\n<table><tr>{head}</tr>{body}</table>")
 
 
 def _table_row(name: str, values: dict, support) -> str:

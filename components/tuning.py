@@ -11,9 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
-from scipy.stats import qmc
 
 from components import configs
 from components.errors import TlpError
@@ -155,6 +153,11 @@ def sample(dimensions: dict[str, Dimension], trials: int, seed: int) -> list[dic
     to `trials` choices), as independent draws often do not."""
     if trials < 1:
         return []
+    # Imported here: scipy.stats takes 0.8 s, which train and fine_tune (they import this
+    # module for tuning.apply) need not pay.
+    import numpy as np
+    from scipy.stats import qmc
+
     unit = qmc.LatinHypercube(d=len(dimensions), rng=np.random.default_rng(seed))
     return [{name: dim.at(float(u)) for (name, dim), u in zip(dimensions.items(), point)}
             for point in unit.random(trials)]

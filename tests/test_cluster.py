@@ -215,6 +215,11 @@ def test_no_toleration_when_asked(tmp_path):
     (["--retries", "-1"], "gpu count and retries must be 0 or more"),
     (["--s3-endpoint", "minio-service.kubeflow:9000"],
      "S3 endpoint 'minio-service.kubeflow:9000': write the store's URL"),
+    (["--train-nodes", "2"], "train_nodes=2 needs backend=jax"),
+    (["--train-nodes", "0"], "train_nodes=0 must be 1 or more"),
+    (["--train-nodes", "2", "--backend", "jax", "--target", "vertex"],
+     "train_nodes=2: several nodes run as a Kubeflow Trainer TrainJob, which Vertex AI "
+     "Pipelines has no place for"),
 ])
 def test_bad_cluster_flags_stop_with_one_message(tmp_path, capsys, argv, message):
     out = tmp_path / "p.yaml"
@@ -304,20 +309,6 @@ def test_one_node_steps_carry_node_settings_for_a_run_that_asks_for_more(tmp_pat
     assert container["image"] == configs.GPU_IMAGE
     settings = trainjob_settings(container)
     assert settings["image"] == configs.GPU_IMAGE and not settings["launcher"]
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--train-nodes", "2"], "train_nodes=2 needs backend=jax"),
-    (["--train-nodes", "0"], "train_nodes=0 must be 1 or more"),
-    (["--train-nodes", "2", "--backend", "jax", "--target", "vertex"],
-     "train_nodes=2: several nodes run as a Kubeflow Trainer TrainJob, which Vertex AI "
-     "Pipelines has no place for"),
-])
-def test_bad_train_nodes_stop_with_one_message(tmp_path, capsys, argv, message):
-    out = tmp_path / "p.yaml"
-    assert cli.main(["compile", "-o", str(out), *argv]) == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
 
 
 def test_tuning_compiles_to_rounds_of_parallel_gpu_trials(tmp_path, capsys):
