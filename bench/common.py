@@ -15,11 +15,11 @@ from components import configs, fashion_mnist, images, tfrecord_writer
 
 
 def write_dataset(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-                  image_size: int) -> Path:
+                  image_size: int, names: list[str] = fashion_mnist.CLASS_NAMES) -> Path:
     """Writes {split: (28x28 images, labels)} as one shard per split (the default
-    image_format) plus the metadata the input pipeline reads, as the preprocess step would."""
+    image_format) plus the metadata the input pipeline reads, as the preprocess step would;
+    labels index names."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = fashion_mnist.CLASS_NAMES
     metadata = {"class_names": names, "num_classes": len(names), "image_size": image_size,
                 "image_format": configs.IMAGE_FORMAT, "counts": {}, "shards": {},
                 "num_examples": {}}

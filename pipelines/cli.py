@@ -111,6 +111,7 @@ def pipeline_arguments(args: argparse.Namespace, local: bool) -> dict:
 
         arguments["weights"] = str(demo_weights.ensure_demo_weights())
         arguments["image_size"] = demo_weights.IMAGE_SIZE  # The size the weights were made at.
+        arguments["fine_tune_epochs"] = configs.DEMO_FINE_TUNE_EPOCHS
     arguments.update(_explicit_arguments(args, inputs))
     return validate_parameters(arguments, local=local)
 
@@ -457,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --docker: where the tlp-cpu image comes from [%(default)s]")
     run.add_argument("--demo", action="store_true",
                      help="use the offline demo weights (derived on first use, see "
-                          "`tlp demo-weights`); data defaults to the bundled sample anyway")
+                          "`tlp demo-weights`) at their 160 px, and "
+                          f"{configs.DEMO_FINE_TUNE_EPOCHS} fine-tune epochs (flags and "
+                          "--config still win); data defaults to the bundled sample anyway")
     _add_tune_flags(run)
     _add_parameter_flags(run)
     run.set_defaults(func=cmd_run)

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from components import configs, hub_backbones
+from components import configs
 from components.errors import TlpError
 
 _MAKE_IMAGES = "build it from this checkout with `make images` (README: Run in Docker locally)"
@@ -24,6 +24,7 @@ def source_digest() -> str:
     in the image tells whether the image holds this checkout's version."""
     import components
     import pipelines
+    from components import hub_backbones  # Imports Keras: here, not when tlp starts.
 
     digest = hashlib.sha256("\n".join(sorted(importlib.metadata.requires("tlp") or ())).encode())
     # Installed without its dependencies, so not among tlp's requirements (pyproject.toml).
@@ -153,6 +154,8 @@ def docker_runner(arguments: dict, image: str):
     for folder in outputs.values():
         Path(folder).mkdir(parents=True, exist_ok=True)  # A bind mount needs its source.
     read_only = {path: True for path in inputs.values()} | {p: False for p in outputs.values()}
+    from components import hub_backbones  # Imports Keras: here, not when tlp starts.
+
     preset = hub_backbones.preset_folder(arguments.get("backbone", ""))
     if preset:  # backbone=hub:FOLDER: the preset folder, read-only, at its absolute path.
         read_only[preset] = True

@@ -4,6 +4,7 @@ batch from memory where TensorFlow is absent, as on a GPU machine with JAX alone
 augmentation arms and the verdicts."""
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -16,8 +17,29 @@ _BENCH = Path(__file__).resolve().parents[1] / "bench"
 _spec = importlib.util.spec_from_file_location("bench", _BENCH / "__init__.py",
                                                submodule_search_locations=[str(_BENCH)])
 sys.modules.setdefault("bench", importlib.util.module_from_spec(_spec))
-from bench import gpu, head_phase, train_throughput  # noqa: E402
-from components import fashion_mnist  # noqa: E402
+from bench import demo_fine_tune, gpu, head_phase, train_throughput  # noqa: E402
+from components import configs, fashion_mnist  # noqa: E402
+
+
+def test_demo_fine_tune_labels_fashion_mnist_in_the_demos_class_order(tmp_path, monkeypatch):
+    """The demo's classes are its sorted folder names; Fashion-MNIST numbers them otherwise.
+    Class k gets k + 1 images, so a label left in Fashion-MNIST's order shows in the counts."""
+    labels = np.repeat(np.arange(10, dtype=np.uint8), np.arange(1, 11))
+    images = np.zeros((len(labels), 28, 28), np.uint8)
+    monkeypatch.setattr(fashion_mnist, "load", lambda split: (images, labels))
+    names = sorted(fashion_mnist.CLASS_NAMES)
+    out = demo_fine_tune.fashion_mnist_test(tmp_path / "test", len(labels), names)
+    metadata = json.loads((out / configs.METADATA_FILE).read_text())
+    assert metadata["class_names"] == names
+    assert metadata["counts"]["test"] == {name: k + 1 for k, name in
+                                          enumerate(fashion_mnist.CLASS_NAMES)}
+
+
+def test_demo_fine_tune_arms_are_typed_fine_tune_parameters():
+    assert demo_fine_tune.parse_arm("fine_tune_learning_rate=1e-4,fine_tune_epochs=2") == {
+        "fine_tune_learning_rate": 1e-4, "fine_tune_epochs": 2}
+    with pytest.raises(SystemExit, match="'epochs' is no fine_tune parameter"):
+        demo_fine_tune.parse_arm("epochs=3")
 
 
 def test_noise_stands_in_for_missing_fashion_mnist(monkeypatch):

@@ -25,7 +25,8 @@ def test_defaults_config_file_and_flags_in_that_order(tmp_path):
     assert arguments["data_dir"] == str(configs.SAMPLE_DATA_DIR)
 
 
-def test_image_size_0_becomes_the_native_size_and_the_demo_keeps_160(tmp_path, monkeypatch):
+def test_image_size_0_becomes_the_native_size_and_the_demo_keeps_its_settings(tmp_path,
+                                                                            monkeypatch):
     from components import demo_weights
 
     assert configs.IMAGE_SIZE == 0
@@ -37,8 +38,12 @@ def test_image_size_0_becomes_the_native_size_and_the_demo_keeps_160(tmp_path, m
     weights = tmp_path / "demo.weights.h5"
     weights.write_bytes(b"")
     monkeypatch.setattr(demo_weights, "ensure_demo_weights", lambda: weights)
-    assert _arguments(["run", "--local", "--demo"])["image_size"] == 160
-    assert _arguments(["run", "--local", "--demo", "--image-size", "96"])["image_size"] == 96
+    demo = _arguments(["run", "--local", "--demo"])
+    assert (demo["image_size"], demo["fine_tune_epochs"]) == (160, configs.DEMO_FINE_TUNE_EPOCHS)
+    assert configs.DEMO_FINE_TUNE_EPOCHS != configs.FINE_TUNE_EPOCHS
+    flags = _arguments(["run", "--local", "--demo", "--image-size", "96",
+                        "--fine-tune-epochs", "4"])
+    assert (flags["image_size"], flags["fine_tune_epochs"]) == (96, 4)  # Flags still win.
 
 
 def test_help_lists_every_parameter_with_its_default(capsys):
@@ -163,17 +168,21 @@ def test_a_failing_step_names_itself_and_its_log(capsys, tmp_path, image_folder,
             f"--- the whole log: {log}"]
 
 
-def test_tensorflow_start_up_notices_stay_off_the_console(tmp_path):
+@pytest.mark.parametrize("command, code", [
+    (["compile", "-o", "p.yaml"], 0),
+    # Fails in validation, after everything `tlp run` imports first.
+    (["run", "--local", "--data-dir", "no-such-folder"], 2)])
+def test_tensorflow_start_up_notices_stay_off_the_console(tmp_path, command, code):
     """TensorFlow's C++ notices at import (absl, oneDNN) bypass TF_CPP_MIN_LOG_LEVEL: a fresh
-    `tlp compile`, which imports it to validate, prints none of them."""
+    tlp, which imports it to validate, prints none of them."""
     import subprocess
     import sys
     from pathlib import Path
 
     tlp = Path(sys.executable).parent / "tlp"
-    run = subprocess.run([str(tlp), "compile", "-o", str(tmp_path / "p.yaml")],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
+    run = subprocess.run([str(tlp), *command], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert run.returncode == code, run.stderr
     assert "absl::InitializeLog" not in run.stderr and "port.cc" not in run.stderr, run.stderr
 
 
