@@ -4,11 +4,12 @@ scored on the demo's 100 test images and on the first 2,000 Fashion-MNIST test i
 sample comes from its train set). On 2,000 images a standard error is about 0.9 points; on
 the demo's 100 it is 4, so the demo alone cannot tell settings apart.
 
-    .venv/bin/python -m bench.demo_fine_tune [--test-count 2000]
+    .venv/bin/python -m bench.demo_fine_tune [--test-count 2000] [--seed 42]
         [--arms fine_tune_epochs=0 fine_tune_learning_rate=1e-5,fine_tune_epochs=5 ...]
 
 Each arm sets fine_tune parameters (fine_tune_*) over the pipeline's defaults; the table
 gives its test accuracies and fine_tune's seconds (process start and imports excluded).
+--seed sets the pipeline's seed: the demo's split and training, as `tlp run --seed` does.
 """
 import argparse
 import tempfile
@@ -58,11 +59,12 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=ARMS)
     parser.add_argument("--test-count", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=configs.SEED)
     args = parser.parse_args()
     arms = {arm: parse_arm(arm) for arm in args.arms}
     base = {name: spec.default for name, spec in _pipeline_inputs().items()}
     base.update(weights=str(demo_weights.ensure_demo_weights()),
-                image_size=demo_weights.IMAGE_SIZE)
+                image_size=demo_weights.IMAGE_SIZE, seed=args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

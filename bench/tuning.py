@@ -1,13 +1,15 @@
 """Tuning against no tuning, side by side, on bench.accuracy's Fashion-MNIST subset (500
 train and 100 validation images per class, the 10,000 test images, 96 px, MobileNetV2 with
 the demo's ImageNet weights). The untuned arm is bench.accuracy's recipe (10 epochs train at
-1e-3, 5 fine_tune with every layer at 1e-4, cosine); the tuned arm starts from the same
-parameters, runs the pipeline's tuning (the same sampling, round plan, trials and selection
+1e-3, 5 fine_tune with every layer at 1e-4, cosine), or with `--baseline defaults` the
+pipeline's own defaults (the top 30 layers fine-tuned, constant rates); the tuned arm starts
+from the same parameters, runs the pipeline's tuning (the same sampling, round plan, trials and selection
 as the tune_* steps: components/tuning.py, training.run_trial) and then trains with the best
 configuration. Prints each arm's test accuracy and wall time, the ratio, and the best
 configuration.
 
     .venv/bin/python -m bench.tuning [--trials 8] [--rounds 2] [--search-space FILE]
+        [--baseline recipe|defaults]
         [--train-per-class 500 --validation-per-class 100 --test-count 10000]
 
 The trials run one after another in this process (the pipeline runs each in its own
@@ -27,17 +29,21 @@ from bench.common import write_dataset
 from components import configs, demo_weights, fashion_mnist, tfrecords, training, tuning
 
 SPACE = Path(__file__).with_name("tuning-space.yaml")
-# bench.accuracy's recipe as pipeline parameters (the pipeline's defaults for the rest).
-RECIPE = dict(fine_tune_layers="all", fine_tune_learning_rate=1e-4, lr_schedule="cosine",
-              augment_brightness=0.0, target_accuracy=1.01)
+# What each baseline changes from the pipeline's defaults: bench.accuracy's recipe, or
+# nothing (the untuned pipeline a user gets).
+BASELINES = {
+    "recipe": dict(fine_tune_layers="all", fine_tune_learning_rate=1e-4, lr_schedule="cosine",
+                   augment_brightness=0.0, target_accuracy=1.01),
+    "defaults": {},
+}
 
 
-def base_parameters(image_size: int) -> dict:
+def base_parameters(image_size: int, baseline: str) -> dict:
     from pipelines.cli import _pipeline_inputs
 
     parameters = {name: spec.default for name, spec in _pipeline_inputs().items()}
-    return {**parameters, **RECIPE, "weights": str(demo_weights.ensure_demo_weights()),
-            "image_size": image_size}
+    return {**parameters, **BASELINES[baseline],
+            "weights": str(demo_weights.ensure_demo_weights()), "image_size": image_size}
 
 
 def train_and_test(parameters: dict, dataset: Path, work: Path) -> float:
@@ -87,6 +93,9 @@ def main() -> None:
     parser.add_argument("--search-space", type=Path, default=SPACE,
                         help="[%(default)s: the pipeline's default with fine_tune_layers=all "
                              "among the choices]")
+    parser.add_argument("--baseline", choices=sorted(BASELINES), default="recipe",
+                        help="the untuned arm, and the tuned arm's trial 0: bench.accuracy's "
+                             "recipe or the pipeline's defaults [%(default)s]")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--validation-per-class", type=int, default=100)
@@ -99,7 +108,7 @@ def main() -> None:
     train = fashion_mnist.first_per_class(train_labels, args.train_per_class)
     validation = fashion_mnist.first_per_class(train_labels, args.validation_per_class,
                                                skip=args.train_per_class)
-    base = base_parameters(args.image_size)
+    base = base_parameters(args.image_size, args.baseline)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         dataset = write_dataset(Path(tmp) / "data", {
@@ -124,7 +133,7 @@ def main() -> None:
                   % os.getloadavg(), flush=True)
     print(f"\n{args.train_per_class} train and {args.validation_per_class} validation images "
           f"per class, {args.test_count} test images, {args.image_size} px; tuning: "
-          f"{args.trials} trials, {args.rounds} rounds")
+          f"{args.trials} trials, {args.rounds} rounds; untuned: {args.baseline}")
     print(f"{'arm':<9} {'test accuracy':>14} {'minutes':>8} {'CPU min':>8}")
     for arm, (accuracy, minutes, cpu_minutes, _) in results.items():
         print(f"{arm:<9} {accuracy:>14.4f} {minutes:>8.1f} {cpu_minutes:>8.1f}")

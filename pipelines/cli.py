@@ -6,7 +6,6 @@ flags win over the config file, which wins over the defaults in components/confi
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from components import configs  # noqa: E402
 from components.errors import TlpError  # noqa: E402
+from components.keras_backend import import_tensorflow_quietly  # noqa: E402
 
 # KFP parameter types -> Python types for argparse.
 _TYPES = {"String": str, "Integer": int, "Double": float, "Float": float,
@@ -71,28 +71,9 @@ def _explicit_arguments(args: argparse.Namespace, inputs: dict) -> dict:
     return arguments
 
 
-def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow (validation needs Keras) without its C++ start-up notices: they
-    are logged before TensorFlow configures logging, ignore TF_CPP_MIN_LOG_LEVEL and go
-    straight to file descriptor 2. Held in a temporary file, they are shown only if the
-    import fails."""
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            held.seek(0)
-            os.write(saved, held.read())
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _validator():
     """components.validation.validate_parameters, imported quietly."""
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from components.validation import validate_parameters
 
     return validate_parameters

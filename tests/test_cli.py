@@ -2,7 +2,7 @@ import csv
 
 import pytest
 
-from components import configs
+from components import configs, keras_backend
 from pipelines import cli
 from conftest import make_image
 
@@ -201,5 +201,5 @@ def test_a_failing_tensorflow_import_shows_what_it_printed(monkeypatch, capfd):
 
     monkeypatch.setattr(builtins, "__import__", broken)
     with pytest.raises(ImportError):
-        cli._import_tensorflow_quietly()
+        keras_backend.import_tensorflow_quietly()
     assert "libcudart.so.12" in capfd.readouterr().err

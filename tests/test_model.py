@@ -200,3 +200,29 @@ def test_auto_unfreeze_follows_the_four_quadrants(per_class, similarity, expecte
 def test_auto_unfreeze_needs_a_known_similarity():
     with pytest.raises(TlpError, match="domain_similarity='close'"):
         model_lib.auto_unfreeze([10, 10], "close")
+
+
+class _CountsTraces(keras.layers.Layer):
+    """Doubles its input; counts its Python calls, which a compiled function makes only when
+    it traces."""
+
+    traces = 0
+
+    def call(self, x):
+        _CountsTraces.traces += 1
+        return x * 2
+
+
+def test_predict_batches_pads_a_short_last_batch_and_traces_once():
+    images, flags = keras.Input((3,)), keras.Input((1,))
+    model = keras.Model([images, flags], _CountsTraces()(images) + flags)
+    rows = np.arange(21, dtype="float32").reshape(7, 3)
+    batches = [(rows[:3], np.ones((3, 1), "float32")), (rows[3:6], np.zeros((3, 1), "float32")),
+               (rows[6:], np.ones((1, 1), "float32"))]
+    _CountsTraces.traces = 0
+    outputs = model_lib.predict_batches(model, batches)
+    np.testing.assert_allclose(outputs, rows * 2 + np.array([[1]] * 3 + [[0]] * 3 + [[1]]))
+    assert _CountsTraces.traces == 1
+    # A given batch size pads every batch to it, the first too.
+    assert model_lib.predict_batches(model, batches[2:], batch_size=3).shape == (1, 3)
+    assert _CountsTraces.traces == 1
