@@ -3,9 +3,9 @@ train and 100 validation images per class, the 10,000 test images, 96 px, Mobile
 the demo's ImageNet weights). The untuned arm is bench.accuracy's recipe (10 epochs train at
 1e-3, 5 fine_tune with every layer at 1e-4, cosine), or with `--baseline defaults` the
 pipeline's own defaults (the top 30 layers fine-tuned, constant rates); the tuned arm starts
-from the same parameters, runs the pipeline's tuning (the same sampling, round plan, trials and selection
-as the tune_* steps: components/tuning.py, training.run_trial) and then trains with the best
-configuration. Prints each arm's test accuracy and wall time, the ratio, and the best
+from the same parameters, runs the pipeline's tuning (the same sampling, round plan, trials
+and selection as the tune_* steps: components/tuning.py, training.run_trial) and then trains
+with the best configuration. Prints each arm's test accuracy and wall time, the ratio, and the best
 configuration.
 
     .venv/bin/python -m bench.tuning [--trials 8] [--rounds 2] [--search-space FILE]
