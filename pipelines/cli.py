@@ -268,6 +268,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import_tensorflow_quietly()
     from components import predict
 
     # With --url the first positional argument is an image too.

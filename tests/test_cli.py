@@ -171,7 +171,9 @@ def test_a_failing_step_names_itself_and_its_log(capsys, tmp_path, image_folder,
 @pytest.mark.parametrize("command, code", [
     (["compile", "-o", "p.yaml"], 0),
     # Fails in validation, after everything `tlp run` imports first.
-    (["run", "--local", "--data-dir", "no-such-folder"], 2)])
+    (["run", "--local", "--data-dir", "no-such-folder"], 2),
+    # Fails on the missing model, after importing what predicting needs.
+    (["predict", "no-such-model", "image.png"], 2)])
 def test_tensorflow_start_up_notices_stay_off_the_console(tmp_path, command, code):
     """TensorFlow's C++ notices at import (absl, oneDNN) bypass TF_CPP_MIN_LOG_LEVEL: a fresh
     tlp, which imports it to validate, prints none of them."""
