@@ -140,6 +140,19 @@ class EpochFlushedTensorBoard(keras.callbacks.TensorBoard):
             writer.flush()
 
 
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's, but a backup whose epoch file (training_metadata.json) a kill left empty falls
+    back to the previous backup too: Keras does that only for an OSError (a torn weights
+    file), and rewriting that JSON truncates it first, so a kill in between left a run that
+    could not resume (JSONDecodeError, seen once in CI)."""
+
+    def _load_model(self):
+        try:
+            super()._load_model()
+        except json.JSONDecodeError as error:
+            raise OSError(f"unreadable backup epoch file: {error}") from error
+
+
 def make_callbacks(state_dir: str, options: FitOptions, best_val_loss: float | None,
                    adjustable_learning_rate: bool,
                    tensorboard_dir: str | None) -> list[keras.callbacks.Callback]:
@@ -163,7 +176,7 @@ def make_callbacks(state_dir: str, options: FitOptions, best_val_loss: float | N
                                         save_best_only=True, save_weights_only=True,
                                         initial_value_threshold=best_val_loss),
         # double_checkpoint: a backup spoilt by a kill mid-write falls back to the one before.
-        keras.callbacks.BackupAndRestore(str(Path(state_dir, BACKUP)), double_checkpoint=True),
+        BackupAndRestore(str(Path(state_dir, BACKUP)), double_checkpoint=True),
         keras.callbacks.EarlyStopping(monitor="val_loss",
                                       patience=options.early_stopping_patience),
         TargetAccuracyStop(options.target_accuracy),

@@ -467,3 +467,23 @@ def test_a_model_trained_from_scratch_beats_chance_in_inference_mode(tmp_path):
     model_lib.compile_model(model, 10, 1e-3)
     validation = tfrecords.load_split(dataset, "validation", 32, training=False)
     assert model.evaluate(validation, verbose=0, return_dict=True)["accuracy"] > 0.35
+
+
+def test_a_backup_with_an_emptied_epoch_file_falls_back_to_the_previous_one(tmp_path):
+    """A kill while the backup's epoch file is rewritten leaves it empty (it is truncated
+    first): the restart resumes from the backup before, as for a torn weights file."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    backup = training.BackupAndRestore(str(tmp_path / "backup"), double_checkpoint=True)
+    backup.set_model(model)
+    for epoch in (0, 1):  # Two completed epochs: a backup and the one before it.
+        backup.on_epoch_end(epoch)
+    metadata = tmp_path / "backup" / "training_metadata.json"
+    assert json.loads(metadata.read_text())["epoch"] == 2
+    metadata.write_text("")
+    restarted = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    restarted.compile(optimizer="sgd", loss="mse")
+    resume = training.BackupAndRestore(str(tmp_path / "backup"), double_checkpoint=True)
+    resume.set_model(restarted)
+    resume.on_train_begin()
+    assert restarted._initial_epoch == 1
