@@ -317,7 +317,7 @@ def test_tuning_compiles_to_rounds_of_parallel_gpu_trials(tmp_path, capsys):
     out = tmp_path / "p.yaml"
     assert cli.main(["compile", "-o", str(out), "--tune-trials", "8", "--tune-parallelism",
                      "4", "--gpu-count", "2", "--retries", "3"]) == 0
-    assert ("round 2: 3 trial(s) x (10 head + 3 fine-tune epochs) on 33% of the train split"
+    assert ("round 2: 3 trial(s) x (10 head + 2 fine-tune epochs) on 33% of the train split"
             in capsys.readouterr().out)
     docs = list(yaml.safe_load_all(out.read_text()))
     spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())

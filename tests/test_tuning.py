@@ -31,12 +31,14 @@ def test_sampling_is_deterministic_for_a_seed_and_stays_in_the_space():
         assert 1e-4 <= config["learning_rate"] <= 1e-2
         assert 0 <= config["dropout"] <= 0.5
         assert config["fine_tune_layers"] in ("10", "30", "60", "100")
+        assert config["batch_size"] in (16, 32, 64)
     # Latin hypercube: each of 8 equally likely strata of every range is drawn once (on a
     # log scale for log-uniform ranges), and 8 draws take each of the 4 choices.
     rates = sorted(math.log10(c["learning_rate"]) for c in first)  # In [-4, -2].
     assert [math.floor((rate + 4) / 2 * 8) for rate in rates] == list(range(8))
     assert sorted(math.floor(c["dropout"] / 0.5 * 8) for c in first) == list(range(8))
     assert {c["fine_tune_layers"] for c in first} == {"10", "30", "60", "100"}
+    assert {c["batch_size"] for c in first} == {16, 32, 64}
 
 
 def test_trial_0_is_the_pipeline_s_configuration_and_the_others_are_drawn():
@@ -47,11 +49,12 @@ def test_trial_0_is_the_pipeline_s_configuration_and_the_others_are_drawn():
     base = {"learning_rate": 0.003, "fine_tune_layers": "all", "dropout": 0.2,
             "fine_tune_learning_rate": 2e-5, "augment_rotation": 0.1, "augment_zoom": 0.2,
             "augment_translation": 0.1, "augment_contrast": 0.2, "augment_brightness": 0.2,
-            "epochs": 9, "fine_tune_epochs": 4}
+            "batch_size": 32, "label_smoothing": 0.0, "epochs": 9, "fine_tune_epochs": 4}
     item = tuning.resolve(tuning.items(trials, 0, tuning.Round(8, 1, 1, 0.5))[0], base)
     assert item["params"] == {"learning_rate": 0.003, "fine_tune_layers": "all",
                               "dropout": 0.2, "fine_tune_learning_rate": 2e-5,
-                              "augment_scale": 1.0}
+                              "augment_scale": 1.0, "batch_size": 32,
+                              "label_smoothing": 0.0}
     overrides, parameters = tuning.trial_parameters(base, item)
     assert parameters == {**base, "epochs": 1, "fine_tune_epochs": 1}
     drawn = tuning.items(trials, 0, tuning.Round(8, 1, 1, 0.5))[1]
@@ -76,10 +79,10 @@ def test_integer_ranges_draw_integers_and_choices_take_the_parameter_type():
 
 def test_the_plan_keeps_a_third_and_gives_survivors_three_times_the_data():
     assert tuning.plan(8, 2, epochs=10, fine_tune_epochs=5) == [
-        tuning.Round(8, 10, 3, 0.1111), tuning.Round(3, 10, 3, 0.3333)]
+        tuning.Round(8, 10, 2, 0.1111), tuning.Round(3, 10, 2, 0.3333)]
     assert tuning.plan(9, 3, epochs=9, fine_tune_epochs=9) == [
-        tuning.Round(9, 9, 4, 0.1111), tuning.Round(3, 9, 4, 0.3333),
-        tuning.Round(1, 9, 4, 1.0)]
+        tuning.Round(9, 9, 3, 0.1111), tuning.Round(3, 9, 3, 0.3333),
+        tuning.Round(1, 9, 3, 1.0)]
     assert tuning.plan(2, 2, epochs=1, fine_tune_epochs=0) == [
         tuning.Round(2, 1, 0, 0.1111), tuning.Round(1, 1, 0, 0.3333)]
     # A budget too small for one fine-tune epoch still gets one; none past the pipeline's.
@@ -102,13 +105,13 @@ def test_the_trials_fine_tuning_stays_within_the_budget(trials, rounds, fine_tun
 
 def test_the_budget_counts_steps_on_each_round_s_share_of_the_data():
     budget = tuning.describe_budget(tuning.plan(8, 2, 10, 5), 5, steps_per_epoch=90)
-    # 8 x 13 epochs x 10 steps (1/9 of 90), 3 x 13 x 30 (1/3): 1,040 + 1,170.
+    # 8 x 12 epochs x 10 steps (1/9 of 90), 3 x 12 x 30 (1/3): 960 + 1,080.
     assert budget.splitlines() == [
-        "tuning: 8 trials in 2 round(s), 143 epochs in all, about 2,210 training steps "
-        "(90 per epoch on the whole train split); their fine-tuning costs about 1.1 "
+        "tuning: 8 trials in 2 round(s), 132 epochs in all, about 2,040 training steps "
+        "(90 per epoch on the whole train split); their fine-tuning costs about 0.8 "
         "untuned runs' fine-tuning; then the pipeline trains with the best",
-        "  round 1: 8 trial(s) x (10 head + 3 fine-tune epochs) on 11% of the train split",
-        "  round 2: 3 trial(s) x (10 head + 3 fine-tune epochs) on 33% of the train split"]
+        "  round 1: 8 trial(s) x (10 head + 2 fine-tune epochs) on 11% of the train split",
+        "  round 2: 3 trial(s) x (10 head + 2 fine-tune epochs) on 33% of the train split"]
 
 
 def row(item: dict, accuracy: float, loss: float = 1.0) -> dict:
@@ -142,7 +145,7 @@ def test_each_round_keeps_the_right_trials_and_the_last_names_the_best():
                                              in zip(first, accuracies, losses)])
     assert [s["trial"] for s in survivors] == [5, 2, 6]
     assert all((s["round"], s["epochs"], s["fine_tune_epochs"], s["train_fraction"])
-               == (1, 10, 3, 0.3333) for s in survivors)
+               == (1, 10, 2, 0.3333) for s in survivors)
     assert [s["params"] for s in survivors] == [configs_[5], configs_[2], configs_[6]]
     assert not table["complete"] and len(table["trials"]) == 8
     # With more epochs trial 2 overtakes trial 5: the last round decides.
