@@ -5,8 +5,8 @@ the demo's ImageNet weights). The untuned arm is bench.accuracy's recipe (10 epo
 pipeline's own defaults (the top 30 layers fine-tuned, constant rates); the tuned arm starts
 from the same parameters, runs the pipeline's tuning (the same sampling, round plan, trials
 and selection as the tune_* steps: components/tuning.py, training.run_trial) and then trains
-with the best configuration. Prints each arm's test accuracy and wall time, the ratio, and the best
-configuration.
+with the best configuration. Prints each arm's test accuracy and wall time, the ratio, and
+the best configuration.
 
     .venv/bin/python -m bench.tuning [--trials 8] [--rounds 2] [--search-space FILE]
         [--baseline recipe|defaults]
@@ -28,7 +28,9 @@ from bench.accuracy import test_accuracy
 from bench.common import write_dataset
 from components import configs, demo_weights, fashion_mnist, tfrecords, training, tuning
 
-SPACE = Path(__file__).with_name("tuning-space.yaml")
+# The default search space but with the recipe's fine_tune_layers=all among the choices.
+SPACE = {**configs.TUNE_SEARCH_SPACE,
+         "fine_tune_layers": {"choice": ["30", "60", "100", "all"]}}
 # What each baseline changes from the pipeline's defaults: bench.accuracy's recipe, or
 # nothing (the untuned pipeline a user gets).
 BASELINES = {
@@ -59,8 +61,9 @@ def train_and_test(parameters: dict, dataset: Path, work: Path) -> float:
 
 def tune(base: dict, dataset: Path, work: Path, args: argparse.Namespace) -> dict:
     """The tuning steps' work, in this process: sample, rounds of trials, selection."""
-    space = tuning.load_space(args.search_space)
-    dimensions = tuning.parse_space(space, str(args.search_space), tuning.tunable_types())
+    space = tuning.load_space(args.search_space) if args.search_space else SPACE
+    dimensions = tuning.parse_space(space, str(args.search_space or "bench.tuning.SPACE"),
+                                    tuning.tunable_types())
     rounds = tuning.plan(args.trials, args.rounds, base["epochs"], base["fine_tune_epochs"])
     examples = tfrecords.read_metadata(dataset)["num_examples"]
     steps, validation = math.ceil(examples["train"] / base["batch_size"]), examples["validation"]
@@ -90,9 +93,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=configs.TUNE_ROUNDS)
-    parser.add_argument("--search-space", type=Path, default=SPACE,
-                        help="[%(default)s: the pipeline's default with fine_tune_layers=all "
-                             "among the choices]")
+    parser.add_argument("--search-space", type=Path,
+                        help="[the pipeline's default with fine_tune_layers=all among the "
+                             "choices]")
     parser.add_argument("--baseline", choices=sorted(BASELINES), default="recipe",
                         help="the untuned arm, and the tuned arm's trial 0: bench.accuracy's "
                              "recipe or the pipeline's defaults [%(default)s]")
